@@ -1,0 +1,37 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo install system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so the CPU wheel on disk is used instead of a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,h5]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Optional system synthesizer for the built-in corpus; everything works without it
+# (pure-numpy fallback renderer).
+system-deps:
+	@bash scripts/system-deps.sh || true
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+demo: install system-deps
+	$(VENV)/bin/m3bert demo --out demo_out
+
+bench: install
+	$(PY) bench/features.py
+	$(PY) bench/pretrain.py
+	$(PY) bench/embed.py
+	$(PY) bench/probes.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from m3bert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: task registry (MARBLE taxonomy), dataset loaders, probes, metrics, baselines, report."""

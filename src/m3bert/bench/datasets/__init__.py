@@ -1,0 +1,1 @@
+"""Loaders for real MIR datasets; importing this package registers their tasks."""

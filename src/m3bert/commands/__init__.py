@@ -1,0 +1,1 @@
+"""One module per ``m3bert`` subcommand (see ``m3bert.cli``)."""

@@ -1,0 +1,119 @@
+"""Atomic file writes, hashing, seeding and provenance helpers shared by every stage.
+
+Every file a later run may trust is written to a temporary name in the same folder and then
+renamed into place, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    ``suffix`` keeps an extension on the temporary name for writers that append one
+    (``np.save`` adds ``.npy`` to names without it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sfx = suffix if suffix is not None else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{sfx}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, array)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, "r", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def file_sha1(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
+    """SHA-1 of a file's bytes (content identity for resume and caches)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(obj: Any, *, n_chars: int = 12) -> str:
+    """Stable short hash of a JSON-serialisable object (sorted keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=_json_default).encode("utf-8")
+    return hashlib.sha1(blob).hexdigest()[:n_chars]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch global generators (components also take explicit seeds)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, the platform and the libraries that shape results."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    import importlib.metadata as md
+
+    for name in ("m3bert", "numpy", "torch", "librosa", "soundfile", "soxr", "scikit-learn",
+                 "mir_eval", "safetensors", "music21"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
