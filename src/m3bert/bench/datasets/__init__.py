@@ -1,1 +1,8 @@
-"""Loaders for real MIR datasets; importing this package registers their tasks."""
+"""Loaders for real MIR datasets; importing this package registers their tasks.
+
+One module per dataset; each reads the user's local copy (``name:/path`` on the command line),
+never downloads, and registers its task(s) in :mod:`m3bert.bench.tasks`. Shared rules (split by
+song, audio checks, chunking) live in :mod:`m3bert.bench.datasets._common`.
+"""
+
+from m3bert.bench.datasets import gtzan  # noqa: F401

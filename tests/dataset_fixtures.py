@@ -1,0 +1,71 @@
+"""Writers of tiny fixture copies of the real MIR datasets, in their real on-disk layouts.
+
+Each ``make_<dataset>(root, ...)`` writes the metadata files exactly as the dataset ships them
+(names, folder nesting, header quirks, CRLF, quoting) and tiny synthetic audio files (a few
+hundredths of a second of noise written with soundfile), never third-party audio. Layout
+references: /work/shared/DATASETS.md (mirdata, MARBLE, jukemir, the datasets' own repositories).
+They return what the tests need to check the loaders (expected labels, ids).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+# ---------------------------------------------------------------------------------------------
+# audio
+
+
+@lru_cache(maxsize=None)
+def _encoded(suffix: str, seconds: float, sample_rate: int) -> bytes:
+    """Bytes of a short noise file in the format of ``suffix`` (encoded once, then copied)."""
+    fmt = {".wav": "WAV", ".au": "AU", ".mp3": "MP3", ".ogg": "OGG", ".flac": "FLAC"}[suffix]
+    n = max(1, int(round(seconds * sample_rate)))
+    x = (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, sample_rate, format=fmt)
+    return buf.getvalue()
+
+
+def write_audio(path: Path, *, seconds: float = 0.05, sample_rate: int = 8000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_encoded(path.suffix.lower(), float(seconds), int(sample_rate)))
+    return path
+
+
+def write_text(path: Path, text: str, *, crlf: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if crlf:
+        text = text.replace("\r\n", "\n").replace("\n", "\r\n")
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# GTZAN
+
+
+def make_gtzan(root: Path, *, layout: str = "marsyas", ext: str = ".wav") -> Path:
+    """All 930 files of the fault-filtered lists (plus a few outside them and a stray non-audio
+    file) as ``genres/<genre>/<genre>.NNNNN.wav`` (marsyas) or ``Data/genres_original/...``
+    (kaggle, with the images folder and feature CSVs next to it). Returns the genre folder."""
+    from m3bert.bench.datasets.gtzan import split_lists
+
+    genre_dir = root / "genres" if layout == "marsyas" else root / "Data" / "genres_original"
+    for entries in split_lists().values():
+        for rel in entries:
+            write_audio((genre_dir / rel).with_suffix(ext))
+    for extra in ("classical/classical.00042", "disco/disco.00050"):  # in GTZAN but not in the filtered lists
+        write_audio((genre_dir / extra).with_suffix(ext))
+    write_text(genre_dir / "blues" / ".DS_Store", "junk")
+    if layout == "kaggle":
+        write_text(root / "Data" / "features_30_sec.csv", "filename,length,label\nblues.00000.wav,661794,blues\n")
+        (root / "Data" / "images_original" / "blues").mkdir(parents=True, exist_ok=True)
+    return genre_dir
