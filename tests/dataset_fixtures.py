@@ -69,3 +69,50 @@ def make_gtzan(root: Path, *, layout: str = "marsyas", ext: str = ".wav") -> Pat
         write_text(root / "Data" / "features_30_sec.csv", "filename,length,label\nblues.00000.wav,661794,blues\n")
         (root / "Data" / "images_original" / "blues").mkdir(parents=True, exist_ok=True)
     return genre_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# MTG-Jamendo
+
+MTG_HEADER = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
+
+# (track number, artist number, split, tags) per subset; ragged tag columns as in the real files
+MTG_ROWS = {
+    "moodtheme": [
+        (948, 87, "train", ["mood/theme---background"]),
+        (5634, 811, "train", ["mood/theme---documentary", "mood/theme---emotional", "mood/theme---space"]),
+        (1009600, 9001, "train", ["mood/theme---happy", "mood/theme---background"]),
+        (1234563, 4000, "validation", ["mood/theme---emotional"]),
+        (78963, 5000, "test", ["mood/theme---happy", "mood/theme---space"]),
+        (41, 6000, "test", ["mood/theme---documentary"]),
+    ],
+    "top50tags": [
+        (948, 87, "train", ["genre---rock", "instrument---guitar"]),
+        (5634, 811, "validation", ["mood/theme---happy"]),
+        (1009600, 9001, "test", ["genre---rock", "mood/theme---happy", "instrument---voice"]),
+    ],
+}
+
+
+def mtg_path(track: int) -> str:
+    return f"{track % 100:02d}/{track}.mp3"
+
+
+def make_mtg_jamendo(root: Path, *, audio: str = "audio", low_only: bool = False) -> Path:
+    """The repository (``data/splits/split-0/*.tsv``, CRLF, plus ``split-1`` and a
+    ``data/autotagging.tsv``) and ``<root>/<audio>/NN/<id>.mp3`` (or only ``.low.mp3``)."""
+    for subset, rows in MTG_ROWS.items():
+        for split in ("train", "validation", "test"):
+            lines = [MTG_HEADER]
+            for track, artist, s, tags in rows:
+                if s == split:
+                    fields = [f"track_{track:07d}", f"artist_{artist:06d}", f"album_{artist:06d}", mtg_path(track), "212.7"]
+                    lines.append("\t".join(fields + tags))
+            write_text(root / "data" / "splits" / "split-0" / f"autotagging_{subset}-{split}.tsv", "\n".join(lines) + "\n", crlf=True)
+            write_text(root / "data" / "splits" / "split-1" / f"autotagging_{subset}-{split}.tsv", MTG_HEADER + "\n", crlf=True)
+    write_text(root / "data" / "autotagging.tsv", MTG_HEADER + "\n", crlf=True)
+    tracks = {t for rows in MTG_ROWS.values() for t, *_ in rows}
+    for t in tracks:
+        rel = mtg_path(t)
+        write_audio(root / audio / (rel.replace(".mp3", ".low.mp3") if low_only else rel))
+    return root / audio
