@@ -116,3 +116,40 @@ def make_mtg_jamendo(root: Path, *, audio: str = "audio", low_only: bool = False
         rel = mtg_path(t)
         write_audio(root / audio / (rel.replace(".mp3", ".low.mp3") if low_only else rel))
     return root / audio
+
+
+# ---------------------------------------------------------------------------------------------
+# MagnaTagATune
+
+# (clip_id, mp3_path, top-50 tags)
+MTT_CLIPS = [
+    ("2", "f/american_bach_soloists-j_s__bach_solo_cantatas-01-bwv54__i_aria-30-59.mp3", ["classical", "violin"]),
+    ("6", "f/american_bach_soloists-j_s__bach_solo_cantatas-01-bwv54__i_aria-88-117.mp3", ["classical"]),
+    ("10", "0/some_artist-some_album-03-song_a-0-29.mp3", ["rock", "guitar", "male voice"]),
+    ("11", "0/some_artist-some_album-03-song_a-30-59.mp3", ["rock", "female vocal", "no voice"]),
+    ("20", "b/other-album_b-01-song_b-0-29.mp3", []),  # untagged in the top 50
+    ("30", "c/valid_artist-album_c-02-song_c-0-29.mp3", ["techno", "beat", "choral"]),
+    ("40", "d/test_artist-album_d-05-song_d-0-29.mp3", ["metal", "pop", "no vocal"]),
+    ("35644", "6/norine_braun-now_and_zen-08-gently-117-146.mp3", ["pop"]),  # known corrupt, zero bytes
+]
+
+
+def make_mtt(root: Path) -> Path:
+    """``annotations_final.csv`` (190 quoted tab-separated columns, CRLF) and ``mp3/<0-f>/``."""
+    from m3bert.bench.datasets.mtt import TOP50
+
+    tags = list(TOP50[::-1]) + [f"other tag {i}" for i in range(188 - len(TOP50))]  # not in frequency order
+    header = ["clip_id"] + tags + ["mp3_path"]
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    w.writerow(header)
+    for clip_id, rel, on in MTT_CLIPS:
+        w.writerow([clip_id] + ["1" if t in on or t == "other tag 3" else "0" for t in tags] + [rel])
+        if clip_id == "35644":
+            (root / "mp3" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "mp3" / rel).write_bytes(b"")
+        else:
+            write_audio(root / "mp3" / rel)
+    write_text(root / "annotations_final.csv", buf.getvalue())
+    write_text(root / "clip_info_final.csv", '"clip_id"\t"track_number"\t"mp3_path"\r\n')
+    return root / "annotations_final.csv"
