@@ -153,3 +153,34 @@ def make_mtt(root: Path) -> Path:
     write_text(root / "annotations_final.csv", buf.getvalue())
     write_text(root / "clip_info_final.csv", '"clip_id"\t"track_number"\t"mp3_path"\r\n')
     return root / "annotations_final.csv"
+
+
+# ---------------------------------------------------------------------------------------------
+# DEAM
+
+DEAM_SHORT = [2, 3, 5, 7, 10, 11, 12, 13, 17, 19, 20, 22, 1990]  # 45 s excerpts (2013/2014 sets)
+DEAM_LONG = {2001: 95.0, 2058: 20.0}  # full songs of the 2015 set: 3 chunks, and shorter than one chunk
+
+
+def deam_targets(sid: int) -> tuple[float, float]:
+    return round(1 + (sid % 80) / 10, 1), round(9 - (sid % 70) / 10, 1)
+
+
+def make_deam(root: Path) -> Path:
+    """``MEMD_audio/<id>.mp3`` and the two static CSVs (leading-space headers; the 2015 file
+    with extra columns in another order) under the space-laden annotation folders."""
+    song_level = root / "annotations" / "annotations averaged per song" / "song_level"
+    lines = ["song_id, valence_mean, valence_std, arousal_mean, arousal_std"]
+    for sid in DEAM_SHORT:
+        v, a = deam_targets(sid)
+        lines.append(f"{sid},{v},0.94,{a},0.63")
+        write_audio(root / "MEMD_audio" / f"{sid}.mp3", seconds=45.0)
+    write_text(song_level / "static_annotations_averaged_songs_1_2000.csv", "\n".join(lines) + "\n")
+    lines = ["song_id, valence_mean, valence_std, valence_max_mean, valence_max_std, arousal_mean, arousal_std, arousal_max_mean"]
+    for sid, seconds in DEAM_LONG.items():
+        v, a = deam_targets(sid)
+        lines.append(f"{sid}, {v}, 1.1, 7, 1, {a}, 1.2, 6")
+        write_audio(root / "MEMD_audio" / f"{sid}.mp3", seconds=seconds)
+    write_text(song_level / "static_annotations_averaged_songs_2000_2058.csv", "\n".join(lines) + "\n")
+    (root / "annotations" / "annotations averaged per song" / "dynamic (per second annotations)").mkdir(parents=True)
+    return song_level
