@@ -184,3 +184,33 @@ def make_deam(root: Path) -> Path:
     write_text(song_level / "static_annotations_averaged_songs_2000_2058.csv", "\n".join(lines) + "\n")
     (root / "annotations" / "annotations averaged per song" / "dynamic (per second annotations)").mkdir(parents=True)
     return song_level
+
+
+# ---------------------------------------------------------------------------------------------
+# Emomusic
+
+# song_id -> (artist, MediaEval 2013 set, mean_arousal, mean_valence)
+EMOMUSIC_SONGS = {
+    2: ("Kevin  MacLeod", "development", 3.1, 3.0),
+    3: ("Kevin MacLeod ", "development", 4.2, 5.5),
+    5: ("Jazz Trio #1", "development", 6.0, 6.5),
+    10: ("Ümlaut Band", "development", 2.0, 7.0),
+    11: ("The Blues Men", "development", 5.5, 4.5),
+    12: ("Rock Band", "evaluation", 7.5, 3.2),
+    1000: ("Other Artist", "evaluation", 1.5, 8.9),
+}
+
+
+def make_emomusic(root: Path) -> Path:
+    """``clips_45seconds/<id>.mp3`` and ``songs_info.csv`` / ``static_annotations.csv`` at the
+    root, with whitespace-padded values and a double space in a title."""
+    info = ["song_id,file_name,Artist,Song title,start of the segment (min.sec),end of the segment (min.sec),Genre,Mediaeval 2013 set"]
+    static = ["song_id,mean_arousal,std_arousal,mean_valence,std_valence"]
+    for sid, (artist, subset, a, v) in EMOMUSIC_SONGS.items():
+        info.append(f'{sid},{sid}.mp3,{artist},"Tonight  A Lonely Century",0.48,1.33,Blues,{subset}\t')
+        static.append(f"{sid}, {a},0.99443, {v} ,0.66667")
+        write_audio(root / "clips_45seconds" / f"{sid}.mp3")
+    write_text(root / "songs_info.csv", "\n".join(info) + "\n")
+    write_text(root / "static_annotations.csv", "\n".join(static) + "\n")
+    write_text(root / "arousal_cont_average.csv", "song_id,sample_15000ms\n2,0.1\n")
+    return root
