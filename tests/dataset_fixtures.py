@@ -214,3 +214,40 @@ def make_emomusic(root: Path) -> Path:
     write_text(root / "static_annotations.csv", "\n".join(static) + "\n")
     write_text(root / "arousal_cont_average.csv", "song_id,sample_15000ms\n2,0.1\n")
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Extended Ballroom
+
+
+def make_extended_ballroom(root: Path, *, songs_per_genre: int = 3) -> dict[str, tuple[str, str | None]]:
+    """``extendedballroom_v1.1.xml`` with every genre element, ``<version>``/``<exact>`` links,
+    and ``<Genre>/<id>.mp3`` audio (the Waltz folder uses the ``<Genre>.<id>.mp3`` variant).
+    Returns song id -> (genre, id of the song it is linked to or None)."""
+    from m3bert.bench.datasets.ballroom import GENRES13
+
+    songs: dict[str, tuple[str, str | None]] = {}
+    parts = ["<?xml version='1.0' encoding='utf-8'?>", "<ballroom>"]
+    sid = 100601
+    for g in GENRES13:
+        parts.append(f"  <{g}>")
+        for k in range(songs_per_genre):
+            link = None
+            children = ""
+            if g == "Foxtrot" and k == 1:  # an exact duplicate of the previous Foxtrot song
+                link = str(sid - 1)
+                children = f'<exact id="{link}"/>'
+            if g == "Quickstep" and k == 0:  # another version of the first Chacha song
+                link = "100601"
+                children = f'<version id="{link}"/><time id="999999"/>'
+            attrs = f'album="Album {g}" artist="Artist {k}" bpm="{90 + k}" id="{sid}" title="T &amp; {k}" hash="0123abcd"'
+            parts.append(f"    <song {attrs}>{children}</song>" if children else f"    <song {attrs}/>")
+            songs[str(sid)] = (g, link)
+            name = f"{g}.{sid}.mp3" if g == "Waltz" else f"{sid}.mp3"
+            write_audio(root / g / name)
+            sid += 1
+        parts.append(f"  </{g}>")
+    parts.append("</ballroom>")
+    write_text(root / "extendedballroom_v1.1.xml", "\n".join(parts) + "\n")
+    write_text(root / "getExtendedBallroomDataset.py", "# official downloader (not needed by the loader)\n")
+    return songs
