@@ -251,3 +251,23 @@ def make_extended_ballroom(root: Path, *, songs_per_genre: int = 3) -> dict[str,
     write_text(root / "extendedballroom_v1.1.xml", "\n".join(parts) + "\n")
     write_text(root / "getExtendedBallroomDataset.py", "# official downloader (not needed by the loader)\n")
     return songs
+
+
+# ---------------------------------------------------------------------------------------------
+# RWC instruments (user-provided CSV; audio named with the RWC-MDB-I code)
+
+RWC_FILES = [
+    ("RWC_I_01/011/011PFNOM.wav", "piano"), ("RWC_I_01/011/011PFNOF.wav", "piano"), ("RWC_I_01/012/012PFNOP.wav", "piano"),
+    ("RWC_I_05/151/151VNSPP.wav", "violin"), ("RWC_I_05/151/151VNNOM.wav", "violin"), ("RWC_I_05/152/152VNNOF.wav", "violin"),
+    ("RWC_I_08/212/212TRC2F.wav", "trumpet"), ("RWC_I_08/212/212TRNOM.wav", "trumpet"), ("RWC_I_08/213/213TRNOP.wav", "trumpet"),
+    ("RWC_I_08/213/213TRNOM_1.wav", "trumpet"), ("RWC_I_08/213/213TRNOM_2.wav", "trumpet"),  # notes cut from one recording
+]
+
+
+def make_rwc(root: Path, *, extra_columns: str = "") -> Path:
+    """``metadata.csv`` (path,instrument[,...]) next to an ``RWC_I_NN/<num>/<code>.wav`` tree."""
+    lines = ["path,instrument" + ("," + extra_columns if extra_columns else "")]
+    for rel, inst in RWC_FILES:
+        write_audio(root / rel, seconds=1.0)
+        lines.append(f"{rel},{inst}")
+    return write_text(root / "metadata.csv", "\n".join(lines) + "\n")
