@@ -271,3 +271,37 @@ def make_rwc(root: Path, *, extra_columns: str = "") -> Path:
         write_audio(root / rel, seconds=1.0)
         lines.append(f"{rel},{inst}")
     return write_text(root / "metadata.csv", "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# NSynth
+
+NSYNTH_NOTES = {
+    "train": ["bass_synthetic_033-022-050", "bass_synthetic_033-100-127", "guitar_acoustic_010-060-075", "synth_lead_synthetic_001-064-100"],
+    "valid": ["keyboard_electronic_002-021-025", "vocal_acoustic_000-108-127"],
+    "test": ["mallet_acoustic_047-009-050", "brass_acoustic_046-120-100", "keyboard_electronic_001-064-050"],
+}
+
+
+def nsynth_entry(note_str: str) -> dict:
+    from m3bert.bench.datasets.nsynth import FAMILIES
+
+    inst, pitch, vel = note_str.rsplit("-", 2)
+    family = next(f for f in sorted(FAMILIES, key=len, reverse=True) if inst.startswith(f + "_"))
+    source = inst[len(family) + 1:].rsplit("_", 1)[0]
+    return {
+        "note": 201034, "sample_rate": 16000, "instrument_family": FAMILIES.index(family),
+        "qualities": [0, 1, 0, 0, 0, 0, 0, 0, 0, 0], "instrument_source_str": source, "note_str": note_str,
+        "instrument_family_str": family, "instrument_str": inst, "pitch": int(pitch), "instrument": 417,
+        "velocity": int(vel), "instrument_source": ["acoustic", "electronic", "synthetic"].index(source), "qualities_str": ["dark"],
+    }
+
+
+def make_nsynth(root: Path) -> Path:
+    """``nsynth-{train,valid,test}/examples.json`` and ``audio/<note_str>.wav`` (16 kHz)."""
+    for split, notes in NSYNTH_NOTES.items():
+        d = root / f"nsynth-{split}"
+        write_text(d / "examples.json", json.dumps({n: nsynth_entry(n) for n in notes}, indent=4))
+        for n in notes:
+            write_audio(d / "audio" / f"{n}.wav", sample_rate=16000)
+    return root
