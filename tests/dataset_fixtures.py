@@ -305,3 +305,55 @@ def make_nsynth(root: Path) -> Path:
         for n in notes:
             write_audio(d / "audio" / f"{n}.wav", sample_rate=16000)
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# GiantSteps key + GiantSteps MTG key
+
+
+def artist_bucket(name: str) -> int:
+    import hashlib
+
+    return int(hashlib.sha1(name.lower().encode("utf-8")).hexdigest(), 16) % 116
+
+
+def pick_artists() -> tuple[str, str, str]:
+    """Two artist names in the train buckets and one in the valid buckets of the jukemir hash."""
+    train = [f"DJ Train {i}" for i in range(400) if artist_bucket(f"DJ Train {i}") < 100][:2]
+    valid = next(f"MC Valid {i}" for i in range(400) if artist_bucket(f"MC Valid {i}") >= 100)
+    return train[0], train[1], valid
+
+
+GS_KEYS = {"1224698": ("Db major", 45.0), "3424038": ("A minor", 65.0), "4452003": ("Eb minor", 59.0)}
+
+
+def make_giantsteps(root: Path) -> dict[str, tuple[str, str | None]]:
+    """Both repositories (zip-download folder names) with audio; returns MTG id -> (artist, key
+    or None when the protocol excludes the row)."""
+    gs = root / "giantsteps-key-dataset-c8cb8aad2cb53f165be51ea099d0dc75c64a844f"
+    for tid, (key, seconds) in GS_KEYS.items():
+        write_text(gs / "annotations" / "key" / f"{tid}.LOFI.key", key)  # no trailing newline
+        write_text(gs / "annotations" / "genre" / f"{tid}.LOFI.genre", "breaks")
+        write_text(gs / "md5" / f"{tid}.LOFI.md5", "0" * 32)
+        write_audio(gs / "audio" / f"{tid}.LOFI.mp3", seconds=seconds)
+    mtg = root / "giantsteps-mtg-key-dataset-fd7b8c584f7bd6d720d170c325a6d42c9bf75a6b"
+    a, b, v = pick_artists()
+    rows = [  # id, artist field, MANUAL KEY, C, expected key (None = excluded by the protocol)
+        ("5061", a, "D# minor", "2", "Eb minor"),
+        ("5881", a, "A major", "2", "A major"),
+        ("6001", f"{b}, {v}", "C# major ", "2", "Db major"),  # collaborator of a valid artist -> valid
+        ("6002", b, "G minor", "2", "G minor"),  # b was moved to valid through 6001
+        ("6003", v, "F minor / G# major", "2", None),
+        ("6004", a, "-", "0", None),
+        ("6005", a, "B minor", "1", None),
+        ("6006", v, "", "2", None),
+    ]
+    ann = ["ID\tMANUAL KEY\tC"] + [f"{i}\t{k}\t{c}" for i, _, k, c, _ in rows]
+    write_text(mtg / "annotations" / "annotations.txt", "\n".join(ann) + "\n")
+    meta = ["ID\tARTIST\tSONG TITLE\tMIX\tLABEL\tBP GENRE\tBP BPM\tBP KEY"]
+    meta += [f"{i}\t{art}\tSong {i}\tOriginal Mix\tLabel\tTechno\t128\tD min" for i, art, *_ in rows]
+    write_text(mtg / "annotations" / "beatport_metadata.txt", "\n".join(meta) + "\n")
+    for i, _, k, _, _ in rows:
+        write_text(mtg / "annotations" / "key" / f"{i}.LOFI.key", f"{k.strip().lower()}\t2\t")
+        write_audio(mtg / "audio" / f"{i}.LOFI.mp3", seconds=35.0)
+    return {i: (art, exp) for i, art, _, _, exp in rows}
