@@ -357,3 +357,36 @@ def make_giantsteps(root: Path) -> dict[str, tuple[str, str | None]]:
         write_text(mtg / "annotations" / "key" / f"{i}.LOFI.key", f"{k.strip().lower()}\t2\t")
         write_audio(mtg / "audio" / f"{i}.LOFI.mp3", seconds=35.0)
     return {i: (art, exp) for i, art, _, _, exp in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# FMA
+
+# track_id -> (subset, split, genre_top)
+FMA_TRACKS = {
+    2: ("small", "training", "Hip-Hop"), 5: ("small", "training", "Hip-Hop"), 10: ("small", "validation", "Pop"),
+    140: ("small", "test", "Folk"), 1039: ("small", "training", "Rock"), 99134: ("small", "training", "Electronic"),
+    3: ("medium", "training", "Jazz"), 20: ("medium", "test", "Blues"), 1040: ("medium", "validation", "Rock"),
+    4: ("large", "training", ""), 7: ("large", "test", "Experimental"),
+}
+
+
+def make_fma(root: Path) -> Path:
+    """``fma_metadata/tracks.csv`` (3-line header, quoted multi-line cells, list literals) and
+    ``fma_small/`` + ``fma_medium/`` trees (medium holds the small tracks too)."""
+    cols = [("album", "comments"), ("album", "date_created"), ("artist", "bio"), ("artist", "id"), ("set", "split"),
+            ("set", "subset"), ("track", "bit_rate"), ("track", "genre_top"), ("track", "genres"), ("track", "title")]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([""] + [g for g, _ in cols])
+    w.writerow([""] + [n for _, n in cols])
+    w.writerow(["track_id"] + [""] * len(cols))
+    for tid, (subset, split, genre) in FMA_TRACKS.items():
+        w.writerow([tid, 0, "2008-11-26 01:44:45", "<p>An artist,\nwith a bio on two lines</p>", tid % 7, split, subset,
+                    256000, genre, "[21]", f"Track {tid}"])
+        for sub, members in (("fma_small", ("small",)), ("fma_medium", ("small", "medium"))):
+            if subset in members:
+                t = f"{tid:06d}"
+                write_audio(root / sub / t[:3] / f"{t}.mp3")
+    write_text(root / "fma_small" / "README.txt", "fma_small\n")
+    return write_text(root / "fma_metadata" / "tracks.csv", buf.getvalue())
