@@ -390,3 +390,38 @@ def make_fma(root: Path) -> Path:
                 write_audio(root / sub / t[:3] / f"{t}.mp3")
     write_text(root / "fma_small" / "README.txt", "fma_small\n")
     return write_text(root / "fma_metadata" / "tracks.csv", buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenMIC-2018
+
+OPENMIC_CLASSES = ["accordion", "banjo", "bass", "cello", "clarinet", "cymbals", "drums", "flute", "guitar", "mallet_percussion",
+                   "mandolin", "organ", "piano", "saxophone", "synthesizer", "trombone", "trumpet", "ukulele", "violin", "voice"]
+# sample_key -> {instrument: relevance}
+OPENMIC_LABELS = {
+    "000046_3840": {"clarinet": 0.17104999999999998, "piano": 0.85},
+    "000135_483840": {"guitar": 1.0, "voice": 0.5},
+    "000139_119040": {"drums": 0.0},
+    "000141_130560": {"trumpet": 0.66, "violin": 0.2, "voice": 0.9},
+    "000190_330240": {"synthesizer": 0.75},
+    "095253_134400": {"piano": 1.0},
+    "113025_99840": {"trumpet": 1.0, "cello": 0.1},
+}
+OPENMIC_TRAIN = ["000046_3840", "000135_483840", "000139_119040", "000141_130560", "000190_330240"]
+OPENMIC_TEST = ["095253_134400", "113025_99840"]
+
+
+def make_openmic(root: Path, *, readme_partition_names: bool = False) -> Path:
+    """``openmic-2018/`` with class-map.json, aggregated labels, partitions and ``audio/NNN/*.ogg``."""
+    d = root / "openmic-2018"
+    write_text(d / "class-map.json", json.dumps({c: i for i, c in enumerate(OPENMIC_CLASSES)}))
+    lines = ["sample_key,instrument,relevance,num_responses"]
+    for key, labs in OPENMIC_LABELS.items():
+        lines += [f"{key},{inst},{rel},3" for inst, rel in labs.items()]
+        write_audio(d / "audio" / key[:3] / f"{key}.ogg")
+    write_text(d / "openmic-2018-aggregated-labels.csv", "\n".join(lines) + "\n")
+    names = ("train01.txt", "test01.txt") if readme_partition_names else ("split01_train.csv", "split01_test.csv")
+    write_text(d / "partitions" / names[0], "\n".join(OPENMIC_TRAIN) + "\n")
+    write_text(d / "partitions" / names[1], "\n".join(OPENMIC_TEST) + "\n")
+    write_text(d / "openmic-2018-metadata.csv", "track_id,sample_key,start_time\n46,000046_3840,3.84\n")
+    return d
