@@ -42,6 +42,7 @@ def test_openmic_errors(tmp_path):
     lab.write_text(lab.read_text().replace("000190_330240,synth,0.75", "000190_330240,synthesizer,1.75"))
     with pytest.raises(DataError, match=r"aggregated-labels\.csv:10: relevance='1.75'"):
         load_openmic_instrument(d, skip_missing=True)
+    lab.write_text(lab.read_text().replace("000190_330240,synthesizer,1.75", "000190_330240,synthesizer,0.75"))
     part = d / "partitions" / "split01_test.csv"
     part.write_text(part.read_text() + "12345\n")
     with pytest.raises(DataError, match=r"split01_test\.csv:3: sample_key='12345'"):
