@@ -425,3 +425,36 @@ def make_openmic(root: Path, *, readme_partition_names: bool = False) -> Path:
     write_text(d / "partitions" / names[1], "\n".join(OPENMIC_TEST) + "\n")
     write_text(d / "openmic-2018-metadata.csv", "track_id,sample_key,start_time\n46,000046_3840,3.84\n")
     return d
+
+
+# ---------------------------------------------------------------------------------------------
+# IRMAS
+
+IRMAS_TRAIN = [
+    "cel/[cel][cla]0001__1.wav", "cel/[cel][cla]0001__2.wav", "cel/031__[cel][nod][cla]0020__1.wav",
+    "cla/[cla][pop_roc]0100__1.wav", "cla/[cla][cla]0101__3.wav", "gel/[gel][dru][pop_roc]0200__1.wav",
+    "gel/[gel][nod][jaz_blu]0201__2.wav", "voi/[voi][pop_roc]0300__1.wav", "voi/[voi][lat_sou]0301__1.wav",
+    "pia/[pia][cla]0400__1.wav", "sax/[sax][jaz_blu]0500__1.wav", "tru/[tru][jaz_blu]0600__1.wav",
+]
+# (part folder, inner folder, name, label lines as written: trailing tabs)
+IRMAS_TEST = [
+    ("IRMAS-TestingData-Part1", "Part1", "02 - And The Body Will Die-8", ["gel\t", "voi\t"]),
+    ("IRMAS-TestingData-Part1", "Part1", "02 - And The Body Will Die-9", ["gel\t"]),
+    ("IRMAS-TestingData-Part2", "IRTestingData-Part2", "(02) dont kill the whale-1", ["voi\t"]),
+    ("IRMAS-TestingData-Part3", "Part3", "Song, A & B-3", ["pia", "pia"]),
+]
+
+
+def make_irmas(root: Path) -> Path:
+    """``IRMAS-TrainingData/<code>/`` (all 11 folders, some empty) and three testing parts with
+    their inconsistent inner folder names and tab-trailed label files."""
+    from m3bert.bench.datasets.irmas import INSTRUMENTS
+
+    for code in INSTRUMENTS:
+        (root / "IRMAS-TrainingData" / code).mkdir(parents=True, exist_ok=True)
+    for rel in IRMAS_TRAIN:
+        write_audio(root / "IRMAS-TrainingData" / rel)
+    for part, inner, name, lines in IRMAS_TEST:
+        write_audio(root / part / inner / f"{name}.wav")
+        write_text(root / part / inner / f"{name}.txt", "\n".join(lines) + "\n")
+    return root
