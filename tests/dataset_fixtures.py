@@ -458,3 +458,37 @@ def make_irmas(root: Path) -> Path:
         write_audio(root / part / inner / f"{name}.wav")
         write_text(root / part / inner / f"{name}.txt", "\n".join(lines) + "\n")
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# VocalSet
+
+VOCALSET_SINGERS = [f"female{i}" for i in range(1, 10)] + [f"male{i}" for i in range(1, 12)]
+# (context, technique, file-name pattern); {p} = the singer prefix (f1, m3, ...)
+VOCALSET_FILES = [
+    ("arpeggios", "belt", "{p}_arpeggios_belt_c_a.wav"),
+    ("arpeggios", "breathy", "{p}_arpeggios_breathy_a.wav"),
+    ("long_tones", "vibrato", "{p}_long_vibrato_e.wav"),
+    ("scales", "straight", "{p}_scales_straight_a.wav"),
+    ("scales", "vocal_fry", "{p}_scales_vocal_fry_o.wav"),
+    ("excerpts", "vibrato", "{p}_caro_vibrato.wav"),
+    ("long_tones", "forte", "{p}_long_forte_a.wav"),  # not one of the 10 techniques
+]
+
+
+def make_vocalset(root: Path) -> Path:
+    """``FULL/<singer>/<context>/<technique>/*.wav`` for all 20 singers, with the known quirks:
+    a ``(1)`` duplicate, a mismatched singer prefix, ``__MACOSX`` and ``.DS_Store``; plus the
+    published ``test_singers_technique.txt``."""
+    full = root / "FULL"
+    for singer in VOCALSET_SINGERS:
+        p = ("f" if singer.startswith("female") else "m") + singer.lstrip("femal")  # female3 -> f3
+        for context, technique, pattern in VOCALSET_FILES:
+            name = pattern.format(p="m9" if singer == "male8" and context == "excerpts" else p)
+            write_audio(full / singer / context / technique / name)
+    write_audio(full / "female2" / "scales" / "straight" / "f2_scales_straight_a(1).wav")
+    write_text(full / "female1" / ".DS_Store", "junk")
+    write_audio(root / "__MACOSX" / "FULL" / "female1" / "._f1_arpeggios_belt_c_a.wav")
+    write_text(root / "test_singers_technique.txt", "female2\nfemale8\nmale3\nmale5\nmale10\n")
+    write_text(root / "train_singers_technique.txt", "female1\n")
+    return full

@@ -5,4 +5,4 @@ never downloads, and registers its task(s) in :mod:`m3bert.bench.tasks`. Shared 
 song, audio checks, chunking) live in :mod:`m3bert.bench.datasets._common`.
 """
 
-from m3bert.bench.datasets import ballroom, deam, emomusic, fma, giantsteps, gtzan, irmas, mtg_jamendo, mtt, nsynth, openmic, rwc  # noqa: F401
+from m3bert.bench.datasets import ballroom, deam, emomusic, fma, giantsteps, gtzan, irmas, mtg_jamendo, mtt, nsynth, openmic, rwc, vocalset  # noqa: F401
