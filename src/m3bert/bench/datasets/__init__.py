@@ -1,8 +1,26 @@
 """Loaders for real MIR datasets; importing this package registers their tasks.
 
 One module per dataset; each reads the user's local copy (``name:/path`` on the command line),
-never downloads, and registers its task(s) in :mod:`m3bert.bench.tasks`. Shared rules (split by
-song, audio checks, chunking) live in :mod:`m3bert.bench.datasets._common`.
+never downloads, and registers its task(s) in :mod:`m3bert.bench.tasks`. Shared rules (the
+paper's 3/1/1 split by song, audio checks, 30 s chunking) live in
+:mod:`m3bert.bench.datasets._common`.
+
+Loader options common to every task: ``skip_missing`` (record missing/empty audio in
+``TaskData.skipped`` instead of raising). Tasks whose split is random also take ``seed`` and
+list it in ``Task.options`` (``"seed" in task.options`` tells the bench to vary it with
+``--seeds``).
 """
 
-from m3bert.bench.datasets import ballroom, deam, emomusic, fma, giantsteps, gtzan, irmas, mtg_jamendo, mtt, nsynth, openmic, rwc, vocalset  # noqa: F401
+from m3bert.bench.datasets import ballroom  # noqa: F401  ballroom-ext, ballroom-ext9
+from m3bert.bench.datasets import deam  # noqa: F401  deam-va
+from m3bert.bench.datasets import emomusic  # noqa: F401  emomusic-va
+from m3bert.bench.datasets import fma  # noqa: F401  fma-small-genre, fma-medium-genre
+from m3bert.bench.datasets import giantsteps  # noqa: F401  giantsteps-key
+from m3bert.bench.datasets import gtzan  # noqa: F401  gtzan-genre
+from m3bert.bench.datasets import irmas  # noqa: F401  irmas-instrument
+from m3bert.bench.datasets import mtg_jamendo  # noqa: F401  mtg-moodtheme, mtg-genre, mtg-instrument, mtg-top50
+from m3bert.bench.datasets import mtt  # noqa: F401  mtt-top50
+from m3bert.bench.datasets import nsynth  # noqa: F401  nsynth-family, nsynth-pitch
+from m3bert.bench.datasets import openmic  # noqa: F401  openmic-instrument
+from m3bert.bench.datasets import rwc  # noqa: F401  rwc-instrument
+from m3bert.bench.datasets import vocalset  # noqa: F401  vocalset-technique, vocalset-singer
