@@ -1,0 +1,573 @@
+"""The feature store: chunked frames of many audio files, sharded, memory-mapped, resumable.
+
+Layout of a store directory::
+
+    STORE/store.json                  identity: feature set (name + config), its hash, chunking rule,
+                                      partition (shard_index / num_shards), dtype, channels
+    STORE/shards/<id>.npy             (n_frames_total, n_channels) float32: the chunks of several
+                                      files, one after the other
+    STORE/shards/<id>.stats.npy       (n_files, 2, n_channels) float64 per-file sum / sum of squares
+    STORE/shards/<id>.json            the commit record: per file its source, sha1 and chunks
+                                      (start_s, end_s, n_frames, offset into the shard)
+    STORE/rejects.json                files that could not be used, with the reason
+    STORE/manifest.json               one row per chunk + rejects + corpus CMVN statistics
+                                      (a derived, human/tool-readable view; rewritten per run)
+
+Why this format. Plain ``.npy`` shards are read with ``np.load(mmap_mode="r")`` by numpy alone:
+any chunk is a zero-copy slice of a memory map, found through the row's ``offset``, without
+reading anything else; DataLoader worker processes can share them after fork, which HDF5 handles
+cannot, and there is no extra dependency (h5py/zarr). Commit is per shard: the ``.npy`` is
+streamed to a temporary name (constant memory, whatever the shard size), fsynced and renamed,
+and only then the ``.json`` record is written (atomically). A shard without its record does not
+exist for readers, so a run killed at any moment leaves nothing a later run trusts; at worst it
+loses the files of the one shard it was filling (``files_per_shard``, default 32). Grouping files
+into shards keeps the file count low (one small file per song would be 100k+ inodes).
+
+The store holds *raw* frames (before CMVN); :meth:`FeatureStore.get` applies the feature set's
+CMVN (per clip, or corpus statistics merged exactly from the per-file sums). So a ``cmvn="corpus"``
+store's statistics are computed once, while extracting, saved with the store, and merge across
+shards and stores. float32 rather than float16: MFCC c0 reaches ~1e3, where float16 steps are
+~0.5, far outside the 1e-4 parity the features are tested to.
+
+Resume and identity: a file is identified by the SHA-1 of its bytes; a rerun skips every file
+whose hash is committed and extracts the rest, so rerunning is idempotent. A file whose bytes
+changed is extracted again and its newer record supersedes the old one. A store refuses to mix
+feature configs, chunking rules or partitions (``DataError``). ``--shard-index i --num-shards n``
+keeps the files whose source path hashes to ``i`` modulo ``n`` (stable when files are added);
+``FeatureStore.open([store0, store1, ...])`` reads the partial stores as one, in the same order as
+one unsharded store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from m3bert.audio import chunk_spans, find_audio_files, load_audio
+from m3bert.errors import AudioError, DataError, M3bertError
+from m3bert.features.normalize import CmvnAccumulator
+from m3bert.features.spec import feature_set_from_dict
+from m3bert.io import atomic_write_json, file_sha1, read_json, versions
+
+FORMAT = "m3bert-feature-store"
+FORMAT_VERSION = 1
+_DTYPE = np.dtype("<f4")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and partitioning
+# ---------------------------------------------------------------------------------------------
+
+def resolve_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[tuple[str, Path]]:
+    """``[(source, path)]`` sorted by source. A folder contributes its audio files (recursive) with
+    ``source`` = path relative to the folder; a file given directly keeps its path as given."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    out: dict[str, Path] = {}
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            for f in find_audio_files(p):
+                out.setdefault(f.relative_to(p).as_posix(), f)
+        elif p.is_file():
+            out.setdefault(p.as_posix(), p)
+        else:
+            raise DataError(f"input {p} does not exist (expected an audio file or a folder of audio files)")
+    return sorted(out.items())
+
+
+def partition_of(source: str, num_shards: int) -> int:
+    """Deterministic partition of a source path: stable across machines and when files are added."""
+    return int(hashlib.sha1(source.encode("utf-8")).hexdigest()[:12], 16) % num_shards
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming .npy shard writer
+# ---------------------------------------------------------------------------------------------
+
+class _ShardWriter:
+    """Appends ``(n, n_channels)`` float32 blocks to a temporary ``.npy``; ``commit`` renames it.
+
+    The npy header is written with the final shape when committing; numpy pads it to a fixed
+    128 bytes for any row count below 10^15, so it can be rewritten in place.
+    """
+
+    HEADER_BYTES = 128
+
+    def __init__(self, directory: Path, shard_id: str, n_channels: int) -> None:
+        self.directory, self.shard_id, self.n_channels = directory, shard_id, n_channels
+        self.tmp = directory / f".{shard_id}.npy.tmp"
+        self.fh = open(self.tmp, "wb")
+        self._write_header(0)
+        self.n_frames = 0
+        self.files: list[dict[str, Any]] = []
+        self.stats: list[np.ndarray] = []
+
+    def _write_header(self, n_rows: int) -> None:
+        self.fh.seek(0)
+        np.lib.format.write_array_header_1_0(
+            self.fh, {"descr": _DTYPE.str, "fortran_order": False, "shape": (int(n_rows), self.n_channels)})
+        if self.fh.tell() != self.HEADER_BYTES:  # pragma: no cover - numpy format change
+            raise DataError(f"unexpected npy header size {self.fh.tell()}")
+
+    def append_file(self, entry: dict[str, Any], chunks: Sequence[np.ndarray]) -> None:
+        """One source file: its chunks go in contiguously; ``entry`` gets their offsets."""
+        acc = CmvnAccumulator(self.n_channels)
+        for meta, frames in zip(entry["chunks"], chunks):
+            frames = np.ascontiguousarray(frames, dtype=_DTYPE)
+            meta["offset"] = self.n_frames
+            self.fh.write(frames.tobytes())
+            self.n_frames += frames.shape[0]
+            acc.update(frames)
+        self.files.append(entry)
+        self.stats.append(np.stack([acc.total, acc.total_sq]))
+
+    def commit(self) -> dict[str, Any]:
+        self._write_header(self.n_frames)
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.directory / f"{self.shard_id}.npy")
+        stats = np.stack(self.stats) if self.stats else np.zeros((0, 2, self.n_channels))
+        with _atomic_npy(self.directory / f"{self.shard_id}.stats.npy") as tmp:
+            np.save(tmp, stats.astype(np.float64))
+        record = {"shard": self.shard_id, "n_frames": self.n_frames, "committed_at": time.time(), "files": self.files}
+        atomic_write_json(self.directory / f"{self.shard_id}.json", record, indent=None)  # the commit point
+        return record
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+@contextlib.contextmanager
+def _atomic_npy(path: Path) -> Iterator[Path]:
+    from m3bert.io import atomic_path
+
+    with atomic_path(path, suffix=".npy") as tmp:
+        yield tmp
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-file work (runs in worker processes)
+# ---------------------------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(fs_dict: dict[str, Any], max_seconds: float, done: frozenset[str], n_threads: int | None) -> None:
+    if n_threads is not None:
+        import torch
+
+        torch.set_num_threads(n_threads)
+    _WORKER.update(fs=feature_set_from_dict(fs_dict), max_seconds=max_seconds, done=done)
+
+
+def _process_file(task: tuple[str, str]) -> dict[str, Any]:
+    """Hash, decode, chunk and extract one file; never raises for a bad file (returns a reject)."""
+    source, path = task
+    fs, max_seconds = _WORKER["fs"], _WORKER["max_seconds"]
+    t0 = time.perf_counter()
+    try:
+        sha1 = file_sha1(path)
+    except OSError as exc:
+        return {"status": "reject", "source": source, "path": path, "reason": f"unreadable: {exc}"}
+    if sha1 in _WORKER["done"]:
+        return {"status": "skip", "source": source, "sha1": sha1}
+    try:
+        y = load_audio(path, sample_rate=fs.sample_rate, min_samples=fs.min_samples)
+        t1 = time.perf_counter()
+        spans = chunk_spans(len(y), sample_rate=fs.sample_rate, max_seconds=max_seconds)
+        frames = fs.extract_batch([y[a:b] for a, b in spans], sample_rate=fs.sample_rate, normalize=False)
+    except M3bertError as exc:
+        return {"status": "reject", "source": source, "path": path, "sha1": sha1, "reason": str(exc)}
+    except Exception as exc:  # a decoder/library failure on one file must not end a long batch job
+        return {"status": "reject", "source": source, "path": path, "sha1": sha1,
+                "reason": f"{path}: {type(exc).__name__}: {exc}"}
+    t2 = time.perf_counter()
+    sr = fs.sample_rate
+    chunks = [{"start_s": a / sr, "end_s": b / sr, "n_frames": int(f.shape[0])} for (a, b), f in zip(spans, frames)]
+    return {"status": "done", "source": source, "sha1": sha1, "duration_s": len(y) / sr, "chunks": chunks,
+            "frames": frames, "decode_s": t1 - t0, "features_s": t2 - t1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a store
+# ---------------------------------------------------------------------------------------------
+
+def _store_header(feature_set: Any, *, max_seconds: float, shard_index: int, num_shards: int) -> dict[str, Any]:
+    d = feature_set.to_dict()
+    d["cmvn_stats"] = None  # statistics are derived from the data, not part of the identity
+    return {"format": FORMAT, "version": FORMAT_VERSION, "feature_set": d,
+            "config_hash": feature_set.config_hash(with_stats=False), "n_channels": feature_set.n_channels,
+            "dtype": _DTYPE.str, "chunking": {"rule": "greer2023", "max_seconds": float(max_seconds)},
+            "shard_index": int(shard_index), "num_shards": int(num_shards)}
+
+
+def _check_header(path: Path, have: dict[str, Any], want: dict[str, Any]) -> None:
+    if have.get("format") != FORMAT:
+        raise DataError(f"{path}: not an m3bert feature store (store.json format={have.get('format')!r})")
+    if have.get("config_hash") != want["config_hash"] or have["feature_set"]["name"] != want["feature_set"]["name"]:
+        diff = {k: (have["feature_set"]["config"].get(k), v) for k, v in want["feature_set"]["config"].items()
+                if have["feature_set"]["config"].get(k) != v}
+        raise DataError(f"{path}: store holds feature set {have['feature_set']['name']!r} config "
+                        f"{have['config_hash']}, refusing to add {want['feature_set']['name']!r} config "
+                        f"{want['config_hash']} (differences (store, new): {diff}); use a new --out folder")
+    if have.get("chunking") != want["chunking"]:
+        raise DataError(f"{path}: store was chunked with {have.get('chunking')}, got {want['chunking']}")
+    if (have.get("shard_index"), have.get("num_shards")) != (want["shard_index"], want["num_shards"]):
+        raise DataError(f"{path}: store was filled as partition {have.get('shard_index')}/{have.get('num_shards')}, "
+                        f"got --shard-index {want['shard_index']} --num-shards {want['num_shards']}")
+
+
+@contextlib.contextmanager
+def _exclusive(store: Path) -> Iterator[None]:
+    """One writer per store (an OS lock, released even if the process is killed)."""
+    import fcntl
+
+    fh = open(store / ".lock", "w")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"{store}: another process is writing this store; wait for it or use another --out")
+        yield
+    finally:
+        fh.close()
+
+
+def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike, *,
+                     feature_set: Any, workers: int = 1, shard_index: int = 0, num_shards: int = 1,
+                     strict: bool = False, progress: bool = True, max_seconds: float = 30.0,
+                     files_per_shard: int = 32) -> dict[str, Any]:
+    """Extract every chunk of every input file into the store at ``out``; returns a summary dict.
+
+    ``inputs``: a folder (recursive), a file, or a list of them. Files already in the store (same
+    bytes) are skipped; bad files are skipped and recorded in ``rejects`` (``strict=True``: the
+    first bad file raises its ``AudioError`` after committing the work done so far).
+    ``workers`` > 1 decodes and extracts in that many processes (one torch thread each).
+    """
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise DataError(f"--shard-index must be in [0, {num_shards}) with --num-shards >= 1, "
+                        f"got {shard_index}/{num_shards}")
+    if workers < 1 or files_per_shard < 1:
+        raise DataError(f"workers and files_per_shard must be >= 1, got {workers}, {files_per_shard}")
+    t_start = time.perf_counter()
+    store = Path(out)
+    shard_dir = store / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    header = _store_header(feature_set, max_seconds=max_seconds, shard_index=shard_index, num_shards=num_shards)
+    all_inputs = resolve_inputs(inputs)
+    mine = [(s, p) for s, p in all_inputs if partition_of(s, num_shards) == shard_index]
+
+    with _exclusive(store):
+        if (store / "store.json").exists():
+            _check_header(store, read_json(store / "store.json"), header)
+        else:
+            atomic_write_json(store / "store.json", {**header, "created_at": time.time(), "versions": versions()})
+        _remove_debris(shard_dir)
+        records = _load_records(shard_dir)
+        done_sha = {f["sha1"]: f["source"] for r in records for f in r["files"]}
+        old_rejects = _read_rejects(store)
+        summary = _Summary(n_inputs=len(mine), n_all_inputs=len(all_inputs))
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        writer: _ShardWriter | None = None
+        seq = 0
+        rejects: dict[str, dict[str, Any]] = {}
+        ctx = _worker_pool(feature_set, max_seconds, frozenset(done_sha), workers)
+        bar = _progress(len(mine), progress)
+        try:
+            with ctx as imap:
+                for res in imap(_process_file, [(s, str(p)) for s, p in mine]):
+                    bar.update(1)
+                    src = res["source"]
+                    if res["status"] == "reject":
+                        rejects[src] = {"source": src, "reason": res["reason"], "sha1": res.get("sha1")}
+                        summary.rejected.append(rejects[src])
+                        if strict:
+                            raise AudioError(res["reason"] if src in res["reason"] else f"{src}: {res['reason']}")
+                        continue
+                    if res["status"] == "skip" or res["sha1"] in done_sha:
+                        first = done_sha[res["sha1"]]
+                        if first == src:
+                            summary.n_already += 1
+                        else:  # same bytes under another name: one copy only, or splits by song leak
+                            summary.duplicates.append({"source": src, "same_as": first})
+                        continue
+                    done_sha[res["sha1"]] = src
+                    if writer is None:
+                        writer = _ShardWriter(shard_dir, f"{run_id}-{seq:05d}", feature_set.n_channels)
+                        seq += 1
+                    entry = {"source": src, "sha1": res["sha1"], "duration_s": res["duration_s"],
+                             "chunks": res["chunks"]}
+                    t0 = time.perf_counter()
+                    writer.append_file(entry, res["frames"])
+                    summary.add(res, time.perf_counter() - t0)
+                    bar.set_postfix_str(f"{summary.audio_s / max(time.perf_counter() - t_start, 1e-9):.0f}x rt")
+                    if len(writer.files) >= files_per_shard:
+                        t0 = time.perf_counter()
+                        writer.commit()
+                        summary.write_s += time.perf_counter() - t0
+                        writer = None
+        finally:
+            bar.close()
+            if writer is not None:
+                if writer.files:  # complete files only: keep them (Ctrl-C, --strict) instead of losing them
+                    writer.commit()
+                else:
+                    writer.abort()
+            done_sources = {f["source"] for r in _load_records(shard_dir) for f in r["files"]}
+            kept = {s: r for s, r in old_rejects.items() if s not in done_sources and s not in rejects}
+            kept.update(rejects)
+            atomic_write_json(store / "rejects.json", sorted(kept.values(), key=lambda r: r["source"]))
+
+    opened = FeatureStore.open(store)
+    opened.write_manifest()
+    summary.wall_s = time.perf_counter() - t_start
+    return summary.to_dict(store=opened, path=store, shard_index=shard_index, num_shards=num_shards)
+
+
+@contextlib.contextmanager
+def _worker_pool(feature_set: Any, max_seconds: float, done: frozenset[str], workers: int):
+    fs_dict = feature_set.to_dict()
+    if workers == 1:
+        _init_worker(fs_dict, max_seconds, done, None)
+        yield lambda fn, items: map(fn, items)
+        return
+    # spawn: torch and forked OpenMP thread pools do not mix
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(fs_dict, max_seconds, done, 1)) as pool:
+        yield lambda fn, items: pool.imap(fn, items, chunksize=1)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", desc="features", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _remove_debris(shard_dir: Path) -> None:
+    """Delete temp files and shard data without a commit record (left by a killed run)."""
+    committed = {p.name[: -len(".json")] for p in shard_dir.glob("*.json")}
+    for p in shard_dir.iterdir():
+        if p.name.startswith("."):
+            p.unlink()
+        elif p.suffix == ".npy":
+            sid = p.name[: -len(".stats.npy")] if p.name.endswith(".stats.npy") else p.stem
+            if sid not in committed:
+                p.unlink()
+
+
+def _load_records(shard_dir: Path) -> list[dict[str, Any]]:
+    records = []
+    for p in sorted(shard_dir.glob("*.json")):
+        if p.name.startswith("."):
+            continue
+        try:
+            records.append(read_json(p))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{p}: unreadable shard record ({exc}); delete it and its .npy files to re-extract "
+                            f"those files") from exc
+    return records
+
+
+def _read_rejects(store: Path) -> dict[str, dict[str, Any]]:
+    p = store / "rejects.json"
+    if not p.exists():
+        return {}
+    return {r["source"]: r for r in read_json(p)}
+
+
+@dataclass
+class _Summary:
+    n_inputs: int
+    n_all_inputs: int
+    n_done: int = 0
+    n_already: int = 0
+    n_chunks: int = 0
+    n_frames: int = 0
+    audio_s: float = 0.0
+    decode_s: float = 0.0
+    features_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, res: dict[str, Any], write_s: float) -> None:
+        self.n_done += 1
+        self.n_chunks += len(res["chunks"])
+        self.n_frames += sum(c["n_frames"] for c in res["chunks"])
+        self.audio_s += res["duration_s"]
+        self.decode_s += res["decode_s"]
+        self.features_s += res["features_s"]
+        self.write_s += write_s
+
+    def to_dict(self, *, store: "FeatureStore", path: Path, shard_index: int, num_shards: int) -> dict[str, Any]:
+        return {
+            "store": str(path), "partition": f"{shard_index}/{num_shards}",
+            "files_found": self.n_all_inputs, "files_in_partition": self.n_inputs,
+            "files_done": self.n_done, "files_already_in_store": self.n_already,
+            "files_skipped": len(self.rejected) + len(self.duplicates),
+            "rejects": self.rejected, "duplicates": self.duplicates,
+            "chunks": self.n_chunks, "frames": self.n_frames,
+            "audio_hours": self.audio_s / 3600.0, "wall_s": self.wall_s,
+            "speed_x_realtime": self.audio_s / self.wall_s if self.wall_s > 0 else 0.0,
+            "time_s": {"decode": self.decode_s, "features": self.features_s, "write": self.write_s},
+            "store_files": len(store.groups()), "store_chunks": len(store),
+            "store_hours": float(sum(r["end_s"] - r["start_s"] for r in store.rows) / 3600.0),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a store
+# ---------------------------------------------------------------------------------------------
+
+class FeatureStore:
+    """One or several stores read as one: rows sorted by (source, start), random access by memory map.
+
+    ``rows[i]``: ``chunk_id`` (``"<source>#<k>"``), ``source``, ``sha1``, ``start_s``, ``end_s``,
+    ``n_frames``, ``shard`` (index into ``shard_paths``), ``offset`` (first frame in that shard).
+    """
+
+    def __init__(self, paths: list[Path], header: dict[str, Any], rows: list[dict[str, Any]],
+                 shard_paths: list[Path], rejects: list[dict[str, Any]], cmvn: CmvnAccumulator,
+                 duplicates: list[dict[str, Any]]) -> None:
+        self.paths = paths
+        self.header = header
+        self.rows = rows
+        self.shard_paths = shard_paths
+        self.rejects = rejects
+        self.duplicates = duplicates
+        self.cmvn_accumulator = cmvn
+        self.lengths = np.asarray([r["n_frames"] for r in rows], dtype=np.int64)
+        self.feature_set = feature_set_from_dict(header["feature_set"])
+        if self.feature_set.config.cmvn == "corpus" and cmvn.count > 0:
+            self.feature_set.set_cmvn_stats(*cmvn.mean_std())
+        self._maps: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def open(cls, path_or_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> "FeatureStore":
+        paths = [Path(path_or_paths)] if isinstance(path_or_paths, (str, os.PathLike)) else [Path(p) for p in path_or_paths]
+        if not paths:
+            raise DataError("FeatureStore.open: no store paths given")
+        header = None
+        entries: dict[str, tuple[float, dict[str, Any], int]] = {}  # source -> (committed_at, file entry, shard)
+        shard_paths: list[Path] = []
+        shard_stats: list[Path] = []
+        rejects: list[dict[str, Any]] = []
+        for path in paths:
+            if not (path / "store.json").is_file():
+                raise DataError(f"{path}: not a feature store (no store.json); create one with `m3bert features`")
+            h = read_json(path / "store.json")
+            if header is None:
+                if h.get("format") != FORMAT:
+                    raise DataError(f"{path}: not an m3bert feature store (format={h.get('format')!r})")
+                header = h
+            elif h.get("config_hash") != header["config_hash"] or h.get("chunking") != header.get("chunking"):
+                raise DataError(f"cannot open stores with different feature configs as one: {paths[0]} has "
+                                f"{header['feature_set']['name']} {header['config_hash']} {header.get('chunking')}, "
+                                f"{path} has {h['feature_set']['name']} {h.get('config_hash')} {h.get('chunking')}")
+            rejects += [{**r, "store": str(path)} for r in _read_rejects(path).values()]
+            for rec in sorted(_load_records(path / "shards"), key=lambda r: r["committed_at"]):
+                k = len(shard_paths)
+                shard_paths.append(path / "shards" / f"{rec['shard']}.npy")
+                shard_stats.append(path / "shards" / f"{rec['shard']}.stats.npy")
+                for j, f in enumerate(rec["files"]):
+                    prev = entries.get(f["source"])
+                    # a later commit of the same source (its bytes changed, it was re-extracted) wins
+                    if prev is None or rec["committed_at"] >= prev[0]:
+                        entries[f["source"]] = (rec["committed_at"], {**f, "_stat_row": j}, k)
+        rows: list[dict[str, Any]] = []
+        acc = CmvnAccumulator(int(header["n_channels"]))
+        stats_cache: dict[int, np.ndarray] = {}
+        first_of: dict[str, str] = {}
+        duplicates: list[dict[str, Any]] = []
+        for source in sorted(entries):
+            _, f, k = entries[source]
+            if f["sha1"] in first_of:  # same bytes in two partitions: keep the first, as one store would
+                duplicates.append({"source": source, "same_as": first_of[f["sha1"]]})
+                continue
+            first_of[f["sha1"]] = source
+            if k not in stats_cache:
+                stats_cache[k] = np.load(shard_stats[k])
+            st = stats_cache[k][f["_stat_row"]]
+            acc = acc.merge(CmvnAccumulator(acc.n_channels, sum(c["n_frames"] for c in f["chunks"]), st[0], st[1]))
+            for i, c in enumerate(f["chunks"]):
+                rows.append({"chunk_id": f"{source}#{i}", "source": source, "sha1": f["sha1"],
+                             "start_s": c["start_s"], "end_s": c["end_s"], "n_frames": int(c["n_frames"]),
+                             "shard": k, "offset": int(c["offset"])})
+        done = {r["source"] for r in rows}
+        rejects = [r for r in rejects if r["source"] not in done]
+        return cls(paths, header, rows, shard_paths, rejects, acc, duplicates)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _map(self, k: int) -> np.ndarray:
+        m = self._maps.get(k)
+        if m is None:
+            try:
+                m = np.load(self.shard_paths[k], mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{self.shard_paths[k]}: cannot memory-map shard ({exc})") from exc
+            if m.ndim != 2 or m.shape[1] != self.feature_set.n_channels or m.dtype != _DTYPE:
+                raise DataError(f"{self.shard_paths[k]}: shard has shape {m.shape} {m.dtype}, expected "
+                                f"(n, {self.feature_set.n_channels}) {_DTYPE}")
+            self._maps[k] = m
+        return m
+
+    def get(self, i: int, *, normalize: bool = True) -> np.ndarray:
+        """Frames of chunk ``i``: ``(n_frames, n_channels)`` float32, CMVN applied unless ``normalize=False``."""
+        if not -len(self.rows) <= i < len(self.rows):
+            raise IndexError(f"chunk index {i} out of range for a store of {len(self.rows)} chunks")
+        r = self.rows[i]
+        m = self._map(r["shard"])
+        if r["offset"] + r["n_frames"] > m.shape[0]:
+            raise DataError(f"{self.shard_paths[r['shard']]}: chunk {r['chunk_id']} ends at frame "
+                            f"{r['offset'] + r['n_frames']} beyond the shard's {m.shape[0]} frames (corrupt store)")
+        raw = np.array(m[r["offset"]: r["offset"] + r["n_frames"]], dtype=np.float32)
+        return self.feature_set.normalize(raw) if normalize else raw
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.get(i)
+
+    def groups(self) -> dict[str, list[int]]:
+        """Chunk indices per source file (for splits by song), in source order."""
+        out: dict[str, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            out.setdefault(r["source"], []).append(i)
+        return out
+
+    @property
+    def cmvn_stats(self) -> dict[str, list[float]] | None:
+        """Corpus per-channel mean/std of the raw frames (whatever the configured CMVN mode)."""
+        if self.cmvn_accumulator.count == 0:
+            return None
+        mean, std = self.cmvn_accumulator.mean_std()
+        return {"mean": mean.tolist(), "std": std.tolist()}
+
+    def write_manifest(self) -> None:
+        """Write ``manifest.json`` (one row per chunk, rejects, statistics) into the first store."""
+        path = self.paths[0]
+        atomic_write_json(path / "manifest.json", {
+            "format": FORMAT, "version": FORMAT_VERSION, "feature_set": self.feature_set.to_dict(),
+            "config_hash": self.header["config_hash"], "chunking": self.header.get("chunking"),
+            "partition": f"{self.header.get('shard_index')}/{self.header.get('num_shards')}",
+            "n_files": len(self.groups()), "n_chunks": len(self), "n_frames": int(self.lengths.sum()),
+            "shards": [p.name for p in self.shard_paths], "corpus_cmvn": self.cmvn_stats,
+            "rows": [{**r, "shard": self.shard_paths[r["shard"]].name, "feature_set": self.feature_set.name,
+                      "config_hash": self.header["config_hash"]} for r in self.rows],
+            "rejects": self.rejects,
+        }, indent=None)
