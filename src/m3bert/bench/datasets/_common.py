@@ -124,8 +124,10 @@ def chunk_spans(duration: float, chunk_seconds: float) -> list[tuple[float, floa
 
     The remainder shorter than a chunk is dropped (as jukemir/MARBLE do for GiantSteps). A file
     shorter than one chunk gives a single span over the whole file, so no song disappears.
-    This rule reproduces the M3BERT paper's DEAM count: 1,744 45-s excerpts give one chunk each,
-    the 58 full-length 2015 songs give several (2,099 in total in the paper).
+    This rule is consistent with the M3BERT paper's DEAM count of 2,099 excerpts: the 1,744
+    45-s excerpts give one chunk each and the 58 full-length 2015 songs (about 3 min) give the
+    remaining ~355. It differs on purpose from :func:`m3bert.audio.chunk_spans`, the paper's
+    *pre-training* rule, which halves 30-60 s tracks and would give over 3,488 DEAM excerpts.
     """
     if chunk_seconds <= 0:
         raise ConfigError(f"chunk_seconds={chunk_seconds!r}, expected > 0")
