@@ -34,6 +34,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, where: str = "config
             value = from_dict(ftype, value, where=f"{where}.{name}")
         elif dataclasses.is_dataclass(ftype) and not isinstance(value, ftype):
             raise ConfigError(f"{where}.{name}: expected a mapping, got {value!r}")
+        elif ftype is float and isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "1e-4" (no dot) as a string; accept it as the number it is
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}.{name}: expected a number, got {value!r}") from None
         kwargs[name] = value
     return cls(**kwargs)
 
