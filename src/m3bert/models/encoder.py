@@ -343,9 +343,9 @@ class Encoder(nn.Module):
         except (KeyError, ConfigError, TypeError) as exc:
             raise CheckpointError(f"{cfg_path}: invalid 'model' section ({exc})") from exc
         if expect_model is not None:
-            _check_same("model", EncoderConfig.from_dict(expect_model).to_dict(), mcfg.to_dict(), cfg_path)
+            check_same("model", EncoderConfig.from_dict(expect_model).to_dict(), mcfg.to_dict(), cfg_path)
         if expect_feature_set is not None:
-            _check_same("feature_set", expect_feature_set, config.get("feature_set"), cfg_path)
+            check_same("feature_set", expect_feature_set, config.get("feature_set"), cfg_path)
         model = cls(mcfg, feature_set=config.get("feature_set"))
         try:
             state = load_file(str(weights), device=map_location)
@@ -371,7 +371,8 @@ def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], *, whe
     module.load_state_dict(state, strict=True)
 
 
-def _check_same(what: str, expected: Any, found: Any, where: Path) -> None:
+def check_same(what: str, expected: Any, found: Any, where: Path | str) -> None:
+    """Raise ``CheckpointError`` listing the keys where ``found`` differs from ``expected``."""
     if expected == found:
         return
     if isinstance(expected, dict) and isinstance(found, dict):
@@ -380,3 +381,6 @@ def _check_same(what: str, expected: Any, found: Any, where: Path) -> None:
     else:
         diffs = [f"expected {expected!r}, found {found!r}"]
     raise CheckpointError(f"{where}: {what} differs: " + "; ".join(diffs[:8]))
+
+
+_check_same = check_same  # backwards-compatible private name

@@ -1,0 +1,326 @@
+"""Pre-training: schedule, configs, data, checkpoints, exact resume (in-process and killed
+subprocess), refusals, DDP with 2 CPU processes, and a learning check -- on a real feature store
+built from a few synthetic songs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m3bert.errors import CheckpointError, ConfigError
+from m3bert.train.checkpoint import load_checkpoint, save_checkpoint
+from m3bert.train.data import TrainBatches, split_by_group, store_groups
+from m3bert.train.pretrain import Dist, PretrainModule, load_pretrain_config, pretrain, validate
+from m3bert.train.schedule import ScheduleConfig, lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "m2bert-tiny.yaml"
+N_SONGS, SECONDS = 6, 4.0
+
+
+def _song(seed: int, seconds: float, sample_rate: int = 44100) -> np.ndarray:
+    """A little melody of harmonic notes (different key per song) plus a noise floor."""
+    r = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    x = np.zeros(n)
+    root = 110 * 2 ** (r.integers(0, 12) / 12)
+    pos = 0
+    while pos < n:
+        seg = np.arange(min(int(sample_rate * r.choice([0.25, 0.5])), n - pos)) / sample_rate
+        f = root * 2 ** (r.choice([0, 2, 4, 5, 7, 9, 11, 12]) / 12)
+        x[pos : pos + len(seg)] = np.exp(-3 * seg) * sum(0.3 / k * np.sin(2 * np.pi * f * k * seg) for k in range(1, 5))
+        pos += len(seg)
+    x += 0.02 * r.standard_normal(n)
+    return (0.8 * x / np.abs(x).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    import soundfile as sf
+
+    from m3bert.features import get_feature_set
+    from m3bert.features.store import extract_to_store
+
+    root = tmp_path_factory.mktemp("pretrain_store")
+    (root / "audio").mkdir()
+    for i in range(N_SONGS):
+        sf.write(root / "audio" / f"song{i}.wav", _song(i, SECONDS), 44100)
+    extract_to_store(root / "audio", root / "store", feature_set=get_feature_set("m3bert324"), progress=False)
+    return root / "store"
+
+
+@pytest.fixture(scope="module")
+def store(store_dir):
+    from m3bert.features.store import FeatureStore
+
+    return FeatureStore.open(store_dir)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(*overrides: str):
+    base = ["train.threads=1", "train.log_every=2", "data.max_frames=64", "data.val_fraction=0.2"]
+    return load_pretrain_config(TINY, overrides=base + list(overrides))
+
+
+def _weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    d = run / "checkpoints" / name
+    return {**load_file(str(d / "model.safetensors")), **{f"head.{k}": v for k, v in load_file(str(d / "head.safetensors")).items()}}
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0 if atol == 0 else 1e-5, msg=k)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_schedule_is_the_paper_formula():
+    cfg, T, peak = ScheduleConfig(), 1000, 2e-4
+    lrs = np.array([lr_at(s, peak=peak, total_steps=T, cfg=cfg) for s in range(T)])
+    assert (lrs > 0).all() and lrs.max() == pytest.approx(peak)
+    assert int(np.argmax(lrs)) == 69  # end of the 7 % warm-up
+    for s in (0, 10, 300, 999):  # paper: min(lmax s/(wT), lmax (T-s)/(T(1-w))), warm-up term at s+1
+        assert lrs[s] == pytest.approx(min(peak * (s + 1) / (0.07 * T), peak * (T - s) / (T * 0.93)))
+    assert lr_at(500, peak=1.0, total_steps=T, cfg=ScheduleConfig(name="constant")) == 1.0
+    with pytest.raises(ConfigError, match="registered"):
+        ScheduleConfig(name="nope")
+
+
+def test_presets_and_overrides():
+    for name, layers, hidden in (("small", 4, 768), ("large", 8, 1024), ("tiny", 2, 64), ("mini", 4, 192)):
+        cfg = load_pretrain_config(ROOT / "configs" / f"m2bert-{name}.yaml")
+        assert (cfg.model.n_layers, cfg.model.hidden) == (layers, hidden)
+        assert cfg.masking.policies == ["cfm", "ccm"] and cfg.objective["loss"] == "huber"
+    small = load_pretrain_config(ROOT / "configs" / "m2bert-small.yaml", overrides=["optim.lr=1e-4"])
+    assert small.optim.lr == 1e-4 and small.accumulation(1) == 16 and small.accumulation(2) == 8
+    assert small.optim.eps == 1e-6 and small.schedule.warmup_fraction == 0.07
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_pretrain_config(TINY, overrides=["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_pretrain_config(TINY, overrides=["objective.huber_deltaa=2"])
+    with pytest.raises(ConfigError, match="not a multiple"):
+        load_pretrain_config(TINY, overrides=["data.batch_size=3"]).accumulation(1)
+    with pytest.raises(ConfigError, match="precision"):
+        load_pretrain_config(TINY, overrides=["train.precision=fp16"])
+
+
+def test_song_split_and_batches_do_not_depend_on_world_size(store):
+    groups = store_groups(store)
+    assert len(groups) == N_SONGS
+    train, val = split_by_group(groups, val_fraction=0.34, seed=0)
+    songs = lambda idx: {store.rows[i]["source"] for i in idx}  # noqa: E731
+    assert len(songs(val)) == 2 and not songs(train) & songs(val)
+    assert np.array_equal(split_by_group(groups, val_fraction=0.34, seed=0)[1], val)
+    one = TrainBatches(store, train, seed=3, micro_batch=2, n_accum=2, world_size=1, max_frames=50)
+    two = TrainBatches(store, train, seed=3, micro_batch=2, n_accum=1, world_size=2, max_frames=50)
+    for step in (0, 5):
+        a = torch.cat([one.micro_batch_at(step, m).frames for m in range(2)])
+        b = torch.cat([two.micro_batch_at(step, 0, rank=r).frames for r in range(2)])
+        assert torch.equal(a, b) and a.shape == (4, 50, 324)
+    # one step of 4 is one epoch of the 4 training chunks: each chunk exactly once
+    assert len(train) == 4
+    assert sorted(i for m in range(2) for i in one.micro_batch_at(0, m).indices) == train.tolist()
+
+
+def test_checkpoint_roundtrip_refusals_and_atomic_swap(tmp_path, monkeypatch):
+    from m3bert.models import create_model
+    from m3bert.models.heads import ReconstructionHead
+
+    fs = {"name": "fake", "config": {}, "cmvn_stats": None}
+    enc = create_model("m2bert-tiny", seed=0)
+    enc.feature_set = fs
+    head = ReconstructionHead(64, 324)
+    opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=1e-3)
+    (enc(torch.randn(2, 10, 324))[-1].sum() + head(torch.randn(2, 64)).sum()).backward()
+    opt.step()
+    torch.manual_seed(123)
+    d = save_checkpoint(tmp_path / "ck", model=enc, modules={"head": head}, optimizer=opt, state={"step": 7})
+    expected_draw = torch.rand(3)
+
+    enc2, head2 = create_model("m2bert-tiny", seed=1), ReconstructionHead(64, 324)
+    enc2.feature_set = fs
+    opt2 = torch.optim.Adam([*enc2.parameters(), *head2.parameters()], lr=1e-3)
+    state = load_checkpoint(d, model=enc2, modules={"head": head2}, optimizer=opt2)
+    assert state == {"step": 7}
+    assert torch.equal(torch.rand(3), expected_draw)  # torch RNG restored
+    for a, b in zip([*enc.parameters(), *head.parameters()], [*enc2.parameters(), *head2.parameters()]):
+        assert torch.equal(a, b)
+        assert torch.equal(opt.state[a]["exp_avg_sq"], opt2.state[b]["exp_avg_sq"])
+    assert not any(p.suffix == ".pkl" or p.suffix == ".pt" for p in d.iterdir())
+
+    other = create_model("m2bert-mini")
+    other.feature_set = fs
+    with pytest.raises(CheckpointError, match="model differs"):
+        load_checkpoint(d, model=other)
+    enc2.feature_set = {**fs, "name": "other"}
+    with pytest.raises(CheckpointError, match="feature_set differs"):
+        load_checkpoint(d, model=enc2)
+    with pytest.raises(CheckpointError, match="no weights for module"):
+        load_checkpoint(d, modules={"tasks": head2})
+
+    # a save that dies half-way leaves the previous checkpoint whole
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(type(head), "state_dict", boom)
+    with pytest.raises(RuntimeError):
+        save_checkpoint(d, model=enc, modules={"head": head}, optimizer=opt, state={"step": 8})
+    assert json.loads((d / "state.json").read_text())["state"] == {"step": 7}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_resume_is_exact_and_refuses_other_feature_sets(tmp_path, store):
+    over = ["train.steps=8", "train.save_every=3", "train.eval_every=4"]
+    straight = pretrain(tiny(*over), store=store, out=tmp_path / "a", progress=False)
+    part = pretrain(tiny(*over), store=store, out=tmp_path / "b", progress=False, stop_after=5)
+    assert not part["finished"]  # interrupted after step 5; last checkpoint at step 3 (+ 5 at the stop)
+    assert json.loads((tmp_path / "b/checkpoints/last/state.json").read_text())["state"]["step"] == 5
+    rest = pretrain(None, store=store, out=tmp_path / "b", resume=True, progress=False)
+    assert rest["start_step"] == 5 and rest["finished"]
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    assert straight["weights_sha1"] == rest["weights_sha1"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    assert steps == [2, 4, 5, 6, 8]  # step 5 was logged by the interrupted call (the end of it)
+    run = json.loads((tmp_path / "a/run.json").read_text())
+    assert run["kind"] == "pretrain" and run["feature_set"] == store.feature_set.to_dict() and "torch" in run["versions"]
+    assert (tmp_path / "a/checkpoints/best/model.safetensors").is_file()
+
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        pretrain(tiny(*over), store=store, out=tmp_path / "a", progress=False)
+
+    class OtherFeatures:  # the same chunks, claimed to come from another feature configuration
+        def __init__(self, inner):
+            from m3bert.features import get_feature_set
+
+            self.inner, self.feature_set = inner, get_feature_set("m3bert324", tuning=None)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    with pytest.raises(CheckpointError, match="feature set"):
+        pretrain(None, store=OtherFeatures(store), out=tmp_path / "b", resume=True, progress=False)
+
+
+def test_learning_check(tmp_path, store):
+    """200 steps of the tiny config: held-out masked loss well below predicting the per-channel
+    mean, and below the untrained model's."""
+    from m3bert.train.data import validation_batches
+
+    cfg = tiny("train.eval_every=200", "train.save_every=200", "train.log_every=50", "data.batch_size=4",
+               "optim.effective_batch=4")
+    summary = pretrain(cfg, store=store, out=tmp_path / "run", progress=False)
+    key = "val/loss[cfm+ccm]"
+    trained = summary["val"][key]
+
+    # the untrained model, evaluated identically
+    from m3bert.models import Encoder
+    from m3bert.objectives import create_objective
+
+    cfg.model.n_input = 324
+    torch.manual_seed(cfg.seed)
+    enc = Encoder(cfg.model, feature_set=store.feature_set.to_dict())
+    obj = create_objective(cfg.objective, encoder_cfg=cfg.model, spec=store.feature_set.spec, masking=cfg.masking)
+    train_idx, val_idx = split_by_group(store_groups(store), val_fraction=cfg.data.val_fraction, seed=cfg.seed)
+    untrained = validate(PretrainModule(enc, obj), store, val_idx, cfg, dist=Dist(), autocast=contextlib.nullcontext)[key]
+
+    # predicting the training set's per-channel mean on the same masked cells
+    mean = torch.from_numpy(np.concatenate([store.get(int(i)) for i in train_idx]).mean(0))
+    tot, n = 0.0, 0
+    for batch in validation_batches(store, val_idx, seed=cfg.seed, batch_size=8, max_frames=cfg.data.max_frames):
+        _, mask = obj.corrupt(batch, policies=["cfm", "ccm"], stream=zlib.crc32(b"cfm+ccm"))
+        target = batch.frames[mask]
+        pred = mean.expand_as(batch.frames)[mask]
+        tot += float(torch.nn.functional.huber_loss(pred, target, reduction="sum"))
+        n += target.numel()
+    mean_baseline = tot / n
+    assert trained < 0.7 * mean_baseline, (trained, mean_baseline)
+    assert trained < 0.8 * untrained, (trained, untrained)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_cli_kill_and_resume_matches_straight_run(tmp_path, store_dir, store):
+    from m3bert.cli import main
+
+    over = ["train.steps=16", "train.save_every=2", "train.eval_every=100"]
+    args = ["--store", str(store_dir), "--config", str(TINY), "--no-progress"]
+    for o in ["train.threads=1", "data.max_frames=64", "data.val_fraction=0.2", *over]:
+        args += ["--set", o]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "m3bert", "pretrain", *args, "--out", str(run)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = run / "checkpoints" / "last" / "state.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["state"]["step"] >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["state"]["step"]
+    assert 4 <= killed_at < 16, proc.stderr.read().decode()[-2000:]
+
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads(state.read_text())["state"]["step"] == 16
+    assert main(["pretrain", *args, "--out", str(tmp_path / "straight")]) == 0
+    _assert_same_weights(_weights(run), _weights(tmp_path / "straight"), atol=1e-6)
+    # the resumed metrics log has each step once
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
+    assert steps == sorted(set(steps)) and steps[-1] == 16
+    assert main(["pretrain", "--resume", str(run), "--set", "optim.lr=1"]) == 1  # clear error, not a silent change
+
+
+def test_ddp_two_cpu_processes_agree_with_one(tmp_path, store_dir, store):
+    over = ["train.steps=4", "train.save_every=2", "train.eval_every=2", "data.batch_size=4", "model.dropout=0.0",
+            "train.threads=1", "data.max_frames=64", "data.val_fraction=0.2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           "-m", "m3bert", "pretrain", "--store", str(store_dir), "--config", str(TINY), "--out", str(tmp_path / "ddp"),
+           "--no-progress"]
+    for o in over:
+        cmd += ["--set", o]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["world_size"] == 2 and summary["n_accum"] == 1
+    assert len(summary["weights_sha1"]) == 2 and len(set(summary["weights_sha1"])) == 1  # both ranks identical
+    run = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert run["world_size"] == 2
+    # the same 8-chunk steps in one process (4 x 2 accumulation) give the same model
+    single = pretrain(tiny(*over), store=store, out=tmp_path / "one", progress=False)
+    assert single["n_accum"] == 2
+    _assert_same_weights(_weights(tmp_path / "ddp"), _weights(tmp_path / "one"), atol=2e-5)
+    val_ddp = [json.loads(x) for x in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines() if "val/" in x][-1]
+    assert val_ddp["val/loss[cfm+ccm]"] == pytest.approx(single["val"]["val/loss[cfm+ccm]"], rel=1e-4)
