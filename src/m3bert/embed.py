@@ -356,9 +356,8 @@ class Embedder:
         self.cmvn_mode = _cmvn_mode(feature_set)
         if self.cmvn_mode == "corpus" and not _has_corpus_stats(feature_set):
             raise CheckpointError(f"{source}: feature set uses corpus CMVN but carries no cmvn_stats")
-        self.device = torch.device(device)
         self.dtype = dtype
-        self.encoder = encoder.to(self.device).eval()
+        self.encoder = encoder.to(torch.device(device)).eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         max_frames = int(encoder.cfg.max_frames)
@@ -390,6 +389,11 @@ class Embedder:
     @property
     def layer_dims(self) -> list[int]:
         return list(self.encoder.layer_dims)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder's weights are (follows ``embedder.encoder.to(...)``)."""
+        return next(self.encoder.parameters()).device
 
     @property
     def frame_rate(self) -> float:
