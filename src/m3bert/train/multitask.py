@@ -142,7 +142,11 @@ class MultitaskConfig:
             raise ConfigError(f"optim.lr={self.optim.lr!r}; expected > 0")
         if not 0 <= self.enrichment.dropout < 1:
             raise ConfigError(f"enrichment.dropout={self.enrichment.dropout!r}; expected [0, 1)")
-        if self.weighting.name == "reweight" and self.weighting.reweight_epochs < 1:
+        from m3bert.models.multitask import WEIGHTINGS
+
+        if self.weighting.name not in WEIGHTINGS:
+            raise ConfigError(f"weighting.name={self.weighting.name!r}; expected one of {sorted(WEIGHTINGS)}")
+        if self.weighting.reweight_epochs < 1:
             raise ConfigError(f"weighting.reweight_epochs={self.weighting.reweight_epochs}; expected >= 1")
 
     def to_dict(self) -> dict[str, Any]:
