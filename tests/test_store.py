@@ -162,7 +162,7 @@ def test_sharding_and_merge_equal_one_store(full_store, music, fs, tmp_path):
     parts = [tmp_path / f"part{i}" for i in range(3)]
     sources = []
     for i, part in enumerate(parts):
-        summary = _extract(music, part, fs, shard_index=i, num_shards=3, workers=2 if i == 0 else 1)
+        summary = _extract(music, part, fs, shard_index=i, num_shards=3)
         sources.append(set(FeatureStore.open(part).groups()))
         assert summary["files_in_partition"] == len(sources[-1])
     assert set().union(*sources) == set(FILES) and sum(map(len, sources)) == len(FILES)  # disjoint cover

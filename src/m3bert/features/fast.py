@@ -85,41 +85,55 @@ def single_thread():
         torch.set_num_threads(before)
 
 
-def fast_groups_batch(waveforms: Sequence[np.ndarray], cfg: Any) -> list[dict[str, np.ndarray]]:
-    """All groups for several clips, ``[{group: (n_channels, n_frames_i)}]`` (like ``reference_groups``)."""
-    n_frames = [1 + len(y) // cfg.hop_length for y in waveforms]
+def clip_tunings(waveforms: Sequence[np.ndarray], cfg: Any) -> list[float]:
+    """Tuning per clip: the configured value, or (``tuning=None``) librosa's estimate per clip."""
     if cfg.tuning is None:
-        # per clip, as librosa.feature.chroma_stft does (costly; default config uses tuning=0)
-        tunings = [reference.estimate_tuning(y, cfg) for y in waveforms]
-    else:
-        tunings = [float(cfg.tuning)] * len(waveforms)
+        # as librosa.feature.chroma_stft does (costly; the default config fixes tuning=0)
+        return [reference.estimate_tuning(y, cfg) for y in waveforms]
+    return [float(cfg.tuning)] * len(waveforms)
+
+
+def stft_groups_batch(waveforms: Sequence[np.ndarray], cfg: Any, tunings: Sequence[float]) -> list[dict[str, np.ndarray]]:
+    """chroma, mfcc, dmfcc and log-mel of several clips from one batched STFT, ``[{group: (n, n_frames_i)}]``."""
+    n_frames = [1 + len(y) // cfg.hop_length for y in waveforms]
     n_max = max(len(y) for y in waveforms)
     batch = torch.zeros(len(waveforms), n_max, dtype=torch.float32)
     for i, y in enumerate(waveforms):
         batch[i, : len(y)] = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-
+    out: list[dict[str, np.ndarray]] = []
     with torch.inference_mode():
         base = _banks(cfg.sample_rate, cfg.n_fft, cfg.window, cfg.n_mels, cfg.n_mfcc, cfg.n_chroma, tunings[0])
         power = power_spectrogram(batch, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=base["window"])
         mel = torch.matmul(base["mel"], power)  # (B, n_mels, T)
-        out: list[dict[str, np.ndarray]] = []
         for i, T in enumerate(n_frames):
             P = power[i, :, :T]
             banks = base if tunings[i] == tunings[0] else _banks(cfg.sample_rate, cfg.n_fft, cfg.window, cfg.n_mels,
                                                                  cfg.n_mfcc, cfg.n_chroma, tunings[i])
             chroma = normalize_max(torch.matmul(banks["chroma"], P))
             M = mel[i, :, :T]
-            mfcc = torch.matmul(base["dct"], power_to_db(M))
+            mfcc = torch.matmul(base["dct"], power_to_db(M)).numpy()
             log_mel = torch.log(cfg.log_scale * M + cfg.log_offset)
-            mfcc_np = mfcc.numpy()
-            out.append({"chroma": chroma.numpy(), "mfcc": mfcc_np,
-                        "dmfcc": reference.delta(mfcc_np, width=cfg.delta_width),
+            out.append({"chroma": chroma.numpy(), "mfcc": mfcc, "dmfcc": reference.delta(mfcc, width=cfg.delta_width),
                         "mel": log_mel.numpy()})
+    return out
 
+
+def cqt_groups_batch(waveforms: Sequence[np.ndarray], cfg: Any, tunings: Sequence[float]) -> list[np.ndarray]:
+    """Log-CQT of several clips, ``[(n_cqt, n_frames_i)]`` float32, by the variant's registered fast function."""
     cqt_fn = FAST_CQT.get(cfg.cqt_variant) or _reference_cqt_batch(cfg.cqt_variant)
-    cqts = cqt_fn(waveforms, cfg, tunings)
-    for d, C, T in zip(out, cqts, n_frames):
-        d["cqt"] = reference.log_compress(C[:, :T], scale=cfg.log_scale, offset=cfg.log_offset).astype(np.float32)
+    out = []
+    for y, C in zip(waveforms, cqt_fn(waveforms, cfg, tunings)):
+        T = 1 + len(y) // cfg.hop_length
+        out.append(reference.log_compress(C[:, :T], scale=cfg.log_scale, offset=cfg.log_offset).astype(np.float32))
+    return out
+
+
+def fast_groups_batch(waveforms: Sequence[np.ndarray], cfg: Any) -> list[dict[str, np.ndarray]]:
+    """All groups for several clips, ``[{group: (n_channels, n_frames_i)}]`` (like ``reference_groups``)."""
+    tunings = clip_tunings(waveforms, cfg)
+    out = stft_groups_batch(waveforms, cfg, tunings)
+    for d, C in zip(out, cqt_groups_batch(waveforms, cfg, tunings)):
+        d["cqt"] = C
     return out
 
 
