@@ -15,6 +15,15 @@ from m3bert.models.encoder import Encoder, create_model
 TASKS = ("builtin-dance", "builtin-key", "builtin-tags", "builtin-tempo")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread avoids OpenMP contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A (randomly initialised) tiny M2BERT saved as a model directory, standing in for a pre-training run."""
@@ -30,7 +39,7 @@ def run_dir(tiny_corpus, pretrained, tmp_path_factory):
     out = tmp_path_factory.mktemp("mt_cli") / "run2"
     argv = ["finetune", "--model", str(pretrained), *sum((["--task", f"{t}:{tiny_corpus}"] for t in TASKS), []),
             "--scenario", "frozen", "--weighting", "uncertainty", "--sampling", "temperature:2",
-            "--config", "configs/multitask-demo.yaml", "--epochs", "3", "--out", str(out), "--no-progress"]
+            "--config", "configs/multitask-demo.yaml", "--epochs", "3", "--set", "threads=1", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     return out
 

@@ -44,6 +44,15 @@ def _tone(seconds: float, freq: float, seed: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread avoids OpenMP contention (10x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("mt_audio")
@@ -85,7 +94,7 @@ def base_encoder():
 
 
 def small_config(**kw) -> mt.MultitaskConfig:
-    cfg = mt.MultitaskConfig(epochs=2, batch_size=4, eval_batch_size=8, early_stopping=0, seed=5)
+    cfg = mt.MultitaskConfig(epochs=2, batch_size=4, eval_batch_size=8, early_stopping=0, seed=5, threads=1)
     cfg.enrichment.dim = 32
     for k, v in kw.items():
         setattr(cfg, k, v)
@@ -143,7 +152,7 @@ def test_uncertainty_weights_move_the_right_way_and_reach_kendall_optimum():
     assert uw.current_weights() == {"cls": 1.0, "reg": 0.5, "small": 1.0}
     opt = torch.optim.SGD(uw.parameters(), lr=0.1)
     fixed = {"cls": torch.tensor(3.0), "reg": torch.tensor(3.0), "small": torch.tensor(0.1)}
-    for _ in range(2000):
+    for _ in range(400):
         opt.zero_grad()
         total, _ = uw.combine(fixed)
         total.backward()
@@ -358,3 +367,23 @@ def test_resume_is_exact(audio_dir, base_encoder, cache_dir, tmp_path, scenario,
         calib = [e for e in events if e["event"] == "epoch" and e["phase"] == "calibrate"]
         want = reciprocal_loss_weights({t: calib[0]["valid"][t]["loss"] for t in rw[0]["weights"]})
         assert rw[0]["weights"] == pytest.approx(want)
+
+
+def test_single_task_run_and_grid_selection(audio_dir, base_encoder, cache_dir, tmp_path):
+    tasks = synthetic_tasks(audio_dir)
+    one = mt.train_multitask(small_config(epochs=2), model=base_encoder, tasks=[tasks[1]], out=tmp_path / "one",
+                             progress=False, cache_dir=cache_dir)
+    assert list(one["valid"]) == ["syn-reg"] and np.isfinite(one["valid"]["syn-reg"]["r2"])
+    grid = {"optim.lr": [1e-5, 3e-3], "enrichment.dropout": [0.0]}
+    out = tmp_path / "grid"
+    summary = mt.run_finetune(small_config(epochs=2), model=base_encoder, tasks=tasks, out=out, grid=grid,
+                              progress=False)
+    pts = json.loads((out / "grid.json").read_text())["points"]
+    assert len(pts) == 2
+    best = max(pts, key=lambda p: p["valid_aggregate"])
+    assert summary["best_point"] == best["name"]
+    sub = mt.Encoder.from_pretrained(out / "grid" / best["name"] / "checkpoints" / "best").state_dict()
+    top = mt.Encoder.from_pretrained(out / "checkpoints" / "best").state_dict()
+    assert all(torch.equal(sub[k], top[k]) for k in sub)
+    run = json.loads((out / "run.json").read_text())
+    assert run["kind"] == "multitask" and run["grid"] == grid

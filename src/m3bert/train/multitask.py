@@ -891,13 +891,23 @@ def train_multitask(
     ``checkpoints/last``) once this process has taken that many steps — a controlled
     interruption for time-boxed jobs and resume tests. Returns the run summary.
     """
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, model=model, tasks=tasks, out=Path(out), data=data, cache_dir=cache_dir,
+                      progress=progress, stop_after_steps=stop_after_steps)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: MultitaskConfig, *, model: str | Path | Encoder, tasks: Sequence[Any] | None, out: Path,
+           data: PreparedData | None, cache_dir: str | Path | None, progress: bool,
+           stop_after_steps: int | None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from m3bert.train.checkpoint import recover_checkpoint
 
-    out = Path(out)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     if isinstance(model, Encoder):
         base, source = model, "<in memory>"
     else:
