@@ -243,3 +243,13 @@ def test_resume_after_sigkill(full_store, music, fs, tmp_path):
     assert summary["files_already_in_store"] == 2 and summary["files_done"] == len(FILES) - 2
     assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".")]
     _assert_same(FeatureStore.open(out), FeatureStore.open(full_store))
+
+
+def test_store_pickles_without_its_memory_maps(full_store):
+    import pickle
+
+    store = FeatureStore.open(full_store)
+    x = store.get(1)
+    blob = pickle.dumps(store)
+    assert len(blob) < 200_000  # rows and config only, not shard data
+    np.testing.assert_array_equal(pickle.loads(blob).get(1), x)

@@ -501,7 +501,11 @@ class FeatureStore:
                 continue
             first_of[f["sha1"]] = source
             if k not in stats_cache:
-                stats_cache[k] = np.load(shard_stats[k])
+                try:
+                    stats_cache[k] = np.load(shard_stats[k])
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"{shard_stats[k]}: missing or unreadable shard statistics ({exc}); the store "
+                                    f"is damaged: delete that shard's files and rerun `m3bert features`") from exc
             st = stats_cache[k][f["_stat_row"]]
             acc = acc.merge(CmvnAccumulator(acc.n_channels, sum(c["n_frames"] for c in f["chunks"]), st[0], st[1]))
             for i, c in enumerate(f["chunks"]):
@@ -514,6 +518,12 @@ class FeatureStore:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # memory maps are reopened lazily in the receiving process (DataLoader workers), never pickled
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
 
     def _map(self, k: int) -> np.ndarray:
         m = self._maps.get(k)
