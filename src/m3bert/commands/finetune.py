@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (overrides the config)")
     parser.add_argument("--seed", type=int, default=None, help="seed of initialisation, sampling and dropout")
     parser.add_argument("--grid", default=None, metavar="NAME",
-                        help="run a hyper-parameter grid and keep the best by validation ('paper' = Table 4)")
+                        help="run a hyper-parameter grid and keep the best by validation: 'paper' (Table 4: batch "
+                             "16/24/32, lr 2e-5/3e-5/4e-5, epochs 2/3/4, dropout .05/.1) or a YAML {key: [values]}")
     parser.add_argument("--config", default=None, metavar="YAML", help="config file, e.g. configs/multitask.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted config override, e.g. optim.lr=5e-4 or weighting.reweight_epochs=3 (repeatable)")
@@ -76,7 +77,12 @@ def run(args: argparse.Namespace) -> int:
             if value is not None:
                 overrides.append(f"{key}={value}")
         cfg = load_config(args.config, overrides)
-        summary = run_finetune(cfg, model=args.model, tasks=args.tasks, out=args.out, grid=args.grid,
+        grid: Any = args.grid
+        if grid is not None and grid.endswith((".yaml", ".yml")):
+            from m3bert.config import load_yaml
+
+            grid = load_yaml(grid)  # {dotted.key: [values]}
+        summary = run_finetune(cfg, model=args.model, tasks=args.tasks, out=args.out, grid=grid,
                                progress=not args.no_progress)
     print(format_summary(summary))
     return 0

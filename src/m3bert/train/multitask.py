@@ -476,8 +476,14 @@ def prepare_data(
                unit="clip", leave=False)
     dirty = 0
     for s in bar:
-        path = root / f"{s.key}.npy"
-        meta = index.get(s.key)
+        # the cache entry is keyed by the audio's identity *and* its size / mtime, so an edited file is redone
+        try:
+            st = s.path.stat()
+            entry = config_hash([s.key, st.st_size, st.st_mtime_ns], n_chars=20)
+        except OSError:
+            entry = s.key  # missing file: the load below records why
+        path = root / f"{entry}.npy"
+        meta = index.get(entry)
         if meta is None or not path.is_file():
             try:
                 wave = _load_excerpt(s, embedder.sample_rate, min_samples)
@@ -494,7 +500,7 @@ def prepare_data(
                 continue
             atomic_save_npy(path, arr)
             meta.update({"path": str(s.path), "start": s.start, "end": s.end})
-            index[s.key] = meta
+            index[entry] = meta
             dirty += 1
             if dirty % 64 == 0:
                 atomic_write_json(index_path, index)
@@ -1194,23 +1200,35 @@ def run_finetune(
               "grid": grid if isinstance(grid, str) else {k: list(v) for k, v in grid.items()},
               "versions": versions()}
     _init_run_dir(out, record)
-    results = []
+    results: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
     for i, point in enumerate(points):
         d = config.to_dict()
         for k, v in point.items():
             _set_dotted(d, k, v)
         cfg = MultitaskConfig.from_dict(d)
         name = _point_name(i, point)
-        if progress:
-            print(f"grid point {i + 1}/{len(points)}: {name}", flush=True)
-        summary = train_multitask(cfg, model=base, out=out / "grid" / name, data=data, progress=progress)
-        results.append({"name": name, "point": point, "valid_aggregate": summary.get("valid_aggregate"),
-                        "test_aggregate": summary.get("test_aggregate"), "best_epoch": summary.get("best_epoch")})
-        atomic_write_json(out / "grid.json", {"grid": record["grid"], "points": results})
-    finite = [r for r in results if r["valid_aggregate"] is not None]
-    if not finite:
+        sub = out / "grid" / name
+        if (sub / "summary.json").is_file():  # finished before an interruption of the grid
+            summary = read_json(sub / "summary.json")
+        else:
+            if progress:
+                print(f"grid point {i + 1}/{len(points)}: {name}", flush=True)
+            summary = train_multitask(cfg, model=base, out=sub, data=data, progress=progress)
+        r = {"name": name, "point": point, "valid_aggregate": summary.get("valid_aggregate"),
+             "test_aggregate": summary.get("test_aggregate"), "best_epoch": summary.get("best_epoch")}
+        results.append(r)
+        # keep checkpoints of the best point so far only (a Small model is ~120 MB per checkpoint)
+        if r["valid_aggregate"] is not None and (best is None or r["valid_aggregate"] > best["valid_aggregate"]):
+            if best is not None:
+                shutil.rmtree(out / "grid" / best["name"] / "checkpoints", ignore_errors=True)
+            best = r
+        elif (sub / "checkpoints").exists():
+            shutil.rmtree(sub / "checkpoints", ignore_errors=True)
+        atomic_write_json(out / "grid.json", {"grid": record["grid"], "points": results,
+                                              "best": None if best is None else best["name"]})
+    if best is None:
         raise DataError(f"{out}: no grid point produced a finite validation score")
-    best = max(finite, key=lambda r: r["valid_aggregate"])  # first of equals: max keeps the earliest
     src = out / "grid" / best["name"]
     for name in ("best", "last"):
         _copy_dir(src / "checkpoints" / name, out / "checkpoints" / name)
