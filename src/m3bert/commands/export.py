@@ -88,7 +88,7 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, *, checkpoint: 
                 old = out.with_name(f".{out.name}.old")
                 if old.exists():
                     shutil.rmtree(old)
-                os.replace(out, old)  # two renames: never a moment without a complete model dir on disk
+                os.replace(out, old)  # the old model stays on disk until the new one is in place
                 os.replace(tmp, out)
                 shutil.rmtree(old)
         else:
