@@ -50,6 +50,7 @@ content-dominated model they agree closely (see ``tests/test_embed_long.py``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -593,24 +594,24 @@ class Embedder:
             for k in order:
                 by_len.setdefault(windows[k].shape[0], []).append(k)
             chunks = [g[b0:b0 + batch_size] for g in by_len.values() for b0 in range(0, len(g), batch_size)]
+        device = self.device
         autocast_dtype = DTYPES[self.dtype]
-        for chunk in chunks:
-            lengths = [windows[k].shape[0] for k in chunk]
-            t_max = max(lengths)
-            batch = np.zeros((len(chunk), t_max, windows[chunk[0]].shape[1]), dtype=np.float32)
-            for j, k in enumerate(chunk):
-                batch[j, : lengths[j]] = windows[k]
-            frames = torch.from_numpy(batch).to(self.device)
-            lens = torch.tensor(lengths, dtype=torch.long, device=self.device)
-            with torch.inference_mode():
-                if autocast_dtype is not None:
-                    with torch.autocast(device_type=self.device.type, dtype=autocast_dtype):
-                        states = self.encoder(frames, lens)
-                else:
-                    states = self.encoder(frames, lens)
+        # One autocast context for all chunks: its cache keeps the bf16 copies of the weights
+        # across forward passes instead of re-casting them for every chunk.
+        precision = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
+        with torch.inference_mode(), precision:
+            for chunk in chunks:
+                lengths = [windows[k].shape[0] for k in chunk]
+                batch = np.zeros((len(chunk), max(lengths), windows[chunk[0]].shape[1]), dtype=np.float32)
+                for j, k in enumerate(chunk):
+                    batch[j, : lengths[j]] = windows[k]
+                frames = torch.from_numpy(batch).to(device)
+                lens = torch.tensor(lengths, dtype=torch.long, device=device)
+                states = self.encoder(frames, lens)
                 sel = torch.stack([states[i].float() for i in idx], dim=1).cpu().numpy()  # (B, n_sel, T, D)
-            for j, k in enumerate(chunk):
-                out[k] = sel[j, :, : lengths[j]]
+                for j, k in enumerate(chunk):
+                    out[k] = sel[j, :, : lengths[j]]
         return out  # type: ignore[return-value]
 
     def _finish(self, pending: list[_Prepared], idx: list[int], squeeze: bool, level: str, pool: str,
