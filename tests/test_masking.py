@@ -109,16 +109,19 @@ def test_ccm_confined_to_groups_contiguous_and_covering_real_frames():
     x, lengths, pad = _batch([50, 30, 10], n_channels=324)
     rng = np.random.default_rng(3)
     widths = []
-    for _ in range(200):
-        out, mask = mask_ccm(x, lengths, rng=rng, channels=channels)
-        assert not bool(mask[..., :52].any())  # never outside mel+cqt
-        assert not bool(mask[pad].any()) and bool((out[pad] == 7.0).all())
-        for i, n in enumerate(lengths.tolist()):
+    for it in range(300):
+        out, mask = mask_ccm(x[:, :12], lengths.clamp(max=12), rng=rng, channels=channels)
+        for i in range(3):
             ch = torch.nonzero(mask[i, 0]).flatten().numpy()
             assert len(ch) >= 1 and np.all(np.diff(ch) == 1)  # one contiguous block
-            assert bool((mask[i, :n] == mask[i, :1]).all())  # same channels on every real frame
             widths.append(len(ch))
-        assert bool((out[mask] == 0).all()) and bool((out[~mask] == x[~mask]).all())
+        assert not bool(mask[..., :52].any())  # never outside mel+cqt
+        if it < 10:  # the full-size checks on a few draws
+            out, mask = mask_ccm(x, lengths, rng=rng, channels=channels)
+            assert not bool(mask[pad].any()) and bool((out[pad] == 7.0).all())
+            for i, n in enumerate(lengths.tolist()):
+                assert bool((mask[i, :n] == mask[i, :1]).all())  # same channels on every real frame
+            assert bool((out[mask] == 0).all()) and bool((out[~mask] == x[~mask]).all())
     widths = np.array(widths)
     assert widths.max() > 200 and widths.min() < 30
     assert widths.mean() == pytest.approx(136.5, rel=0.1)  # U{1..272}

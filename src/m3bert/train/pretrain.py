@@ -74,6 +74,7 @@ class OptimConfig:
     weight_decay: float = 0.0  # L2 weight decay (paper: none)
     effective_batch: int = 128  # chunks per optimizer step = batch_size x accumulation x processes
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 = no clipping)
+    fused: bool = True  # fused Adam kernel (CPU and CUDA): one pass over the weights, ~3x faster step
 
 
 @dataclass
@@ -199,6 +200,18 @@ def resolve_device(name: str, dist: Dist) -> torch.device:
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
+
+
+def make_adam(params: Any, cfg: OptimConfig) -> torch.optim.Adam:
+    """Adam with the configured hyper-parameters; the fused kernel when asked and supported."""
+    params = list(params)
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.fused:
+        try:
+            return torch.optim.Adam(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # device/dtype without a fused kernel
+            pass
+    return torch.optim.Adam(params, **kwargs)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -377,8 +390,7 @@ def pretrain(
             encoder = Encoder(cfg.model, feature_set=fs.to_dict())
             objective = create_objective(cfg.objective, encoder_cfg=cfg.model, spec=fs.spec, masking=cfg.masking)
         module = PretrainModule(encoder, objective).to(device)
-        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                     eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+        optimizer = make_adam(module.parameters(), cfg.optim)
 
         # -- run directory / resume ----------------------------------------------------------------
         start, best = 0, {"value": None, "step": None}
