@@ -1,0 +1,134 @@
+"""Baselines, precomputed embeddings, HEAR modules, and ``m3bert bench`` end to end on the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import make_test_signal
+from m3bert.bench.baselines import MfccBaseline, get_baseline
+from m3bert.bench.representations import (EmbeddingsDirRepresentation, HearRepresentation, mean_std_over,
+                                          slice_waveform)
+from m3bert.bench.tasks import Clip
+from m3bert.errors import AudioError, ConfigError, DataError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def wav(tmp_path):
+    path = tmp_path / "data" / "a" / "song.wav"
+    path.parent.mkdir(parents=True)
+    sf.write(path, make_test_signal(6.0, 22050), 22050)
+    return path
+
+
+def test_mfcc_baseline_is_kims_120d_statistics(wav):
+    import librosa
+
+    clip = Clip("c", wav, 0, "train", "g", start=1.0, end=4.0)
+    got = MfccBaseline().embed_clip(clip)
+    assert got.shape == (1, 120)
+    y = sf.read(wav, dtype="float32")[0][22050:4 * 22050]
+    m = librosa.feature.mfcc(y=y, sr=22050, n_mfcc=20)
+    frames = np.concatenate([m, librosa.feature.delta(m), librosa.feature.delta(m, order=2)]).T
+    ref = np.concatenate([frames.mean(0), frames.std(0)])
+    np.testing.assert_allclose(got[0], ref, rtol=1e-3, atol=1e-3)
+    # Kim pooling: two 2.5 s slices of the 6 s file (the remainder is dropped), mean+std over them
+    whole = Clip("w", wav, 0, "train", "g")
+    kim = MfccBaseline().embed_clip(whole, pooling="slices-meanstd")
+    assert kim.shape == (1, 240)
+    with pytest.raises(AudioError, match="no such"):
+        MfccBaseline().embed_clip(Clip("x", wav.parent / "missing.wav", 0, "train", "g"))
+
+
+def test_slices_and_mean_std():
+    x = np.arange(10, dtype=np.float32)
+    assert [s.tolist() for s in slice_waveform(x, sample_rate=2, seconds=2.0)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert len(slice_waveform(x[:3], sample_rate=2, seconds=2.0)) == 1
+    a = np.array([[[1.0, 2.0]], [[3.0, 6.0]]])  # 2 slices, 1 layer, D=2
+    np.testing.assert_allclose(mean_std_over(a), [[2.0, 4.0, 1.0, 2.0]])
+
+
+def test_embeddings_dir_matches_by_relative_path(tmp_path, wav):
+    emb = tmp_path / "emb"
+    (emb / "a").mkdir(parents=True)
+    np.save(emb / "a" / "song.npy", np.arange(6, dtype=np.float32).reshape(2, 3))
+    rep = EmbeddingsDirRepresentation("ext", emb).for_task(tmp_path / "data")
+    clip = Clip("c", wav, 0, "train", "g")
+    np.testing.assert_array_equal(rep.embed_clip(clip), [[0, 1, 2], [3, 4, 5]])
+    assert rep.layer_names == ["layer0", "layer1"]
+    (emb / "a" / "song.npy").unlink()
+    np.save(emb / "a" / "song.wav.npy", np.ones((2, 5, 3), np.float32))  # m3bert embed's naming, frame level
+    np.testing.assert_array_equal(rep.embed_clip(clip), np.ones((2, 3)))
+    with pytest.raises(DataError, match="no embedding for a/other"):
+        rep.embed_clip(Clip("d", wav.parent / "other.wav", 0, "train", "g"))
+    with pytest.raises(ConfigError, match="not a folder"):
+        EmbeddingsDirRepresentation("x", tmp_path / "nope")
+
+
+def test_hear_module_is_imported_and_used(tmp_path, monkeypatch, wav):
+    (tmp_path / "fake_hear_mod.py").write_text(textwrap.dedent("""
+        import torch
+        class M(torch.nn.Module):
+            sample_rate = 16000
+            scene_embedding_size = 2
+        def load_model(path=None):
+            return M()
+        def get_scene_embeddings(audio, model):
+            return torch.stack([audio.mean(1), audio.shape[1] * torch.ones(audio.shape[0])], 1)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rep = HearRepresentation("fake_hear_mod")
+    out = rep.embed_clip(Clip("c", wav, 0, "train", "g", start=0.0, end=2.0))
+    assert out.shape == (1, 2) and out[0, 1] == 32000  # 2 s at the module's 16 kHz
+    assert rep.cache_key.startswith("hear:fake_hear_mod")
+    with pytest.raises(ConfigError, match="cannot import"):
+        HearRepresentation("no_such_hear_module_xyz")
+    sys.modules.pop("fake_hear_mod", None)
+
+
+def test_unknown_baseline_is_a_clear_error():
+    with pytest.raises(ConfigError, match="available"):
+        get_baseline("vggish")
+
+
+def test_cli_bench_on_the_tiny_corpus(tiny_corpus, tmp_path, capsys):
+    from m3bert.cli import main
+
+    out = tmp_path / "report"
+    rc = main(["bench", "--baseline", "mfcc", "--baseline", "chance", "--task", f"builtin-dance:{tiny_corpus}",
+               "--protocol", "marble", "--seeds", "2", "--max-epochs", "8", "--report", str(out), "--quiet",
+               "--threads", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "mfcc" in printed and "builtin-dance accuracy" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in res["representations"]] == ["mfcc", "chance"]
+    assert {r["task"] for r in res["results"]} == {"builtin-dance"}
+    md = (out / "report.md").read_text()
+    for r in res["results"]:
+        s = r["summary"]["metrics"]["accuracy"]
+        assert f"{s['mean']:.3f} ± {s['half_width']:.3f}" in md or f"{s['mean']:.3f}" in md
+    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 2
+    assert any((out / "cache" / "mfcc").rglob("*.npy"))
+    # rerun: features come from the cache, same numbers (seeded probes)
+    rc = main(["bench", "--baseline", "mfcc", "--task", f"builtin-dance:{tiny_corpus}", "--seeds", "2",
+               "--max-epochs", "8", "--report", str(tmp_path / "again"), "--cache", str(out / "cache"), "--quiet",
+               "--threads", "1"])
+    assert rc == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["results"][0]["summary"] == res["results"][0]["summary"]
+    assert main(["bench", "--baseline", "nope", "--task", "builtin-dance", "--report", str(tmp_path / "x")]) == 1
