@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted config override, e.g. optim.lr=5e-4 or weighting.reweight_epochs=3 (repeatable)")
     parser.add_argument("--out", default=None, metavar="RUN2", help="run directory to create (rerun to resume)")
+    parser.add_argument("--cache", default=None, metavar="DIR",
+                        help="input cache (features / frozen hidden states) to share between runs; default RUN2/cache")
     parser.add_argument("--resume", default=None, metavar="RUN2", help="continue RUN2 with its recorded model, tasks and config")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {args.resume}: the run was started from Python with an in-memory model; resume it there")
         cfg = MultitaskConfig.from_dict(rec["config"])
         summary = run_finetune(cfg, model=rec["model"], tasks=rec["task_specs"], out=args.resume,
-                               grid=rec.get("grid"), progress=not args.no_progress)
+                               grid=rec.get("grid"), cache_dir=args.cache, progress=not args.no_progress)
     else:
         if not args.model or not args.tasks or not args.out:
             raise ConfigError("expected --model SPEC, at least one --task NAME[:PATH] and --out RUN2 (or --resume RUN2)")
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
             grid = load_yaml(grid)  # {dotted.key: [values]}
         summary = run_finetune(cfg, model=args.model, tasks=args.tasks, out=args.out, grid=grid,
-                               progress=not args.no_progress)
+                               cache_dir=args.cache, progress=not args.no_progress)
     print(format_summary(summary))
     return 0
 

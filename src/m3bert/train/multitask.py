@@ -1178,23 +1178,26 @@ def run_finetune(
     tasks: Sequence[Any],
     out: str | Path,
     grid: str | dict[str, list[Any]] | None = None,
+    cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """``m3bert finetune``: one run, or a grid of runs (``grid="paper"``) keeping the best by validation.
 
     Grid points are sub-runs ``out/grid/pNN-.../`` sharing one input cache (``out/cache``); each
     resumes on its own, finished ones are skipped. The best point's checkpoints are copied to
-    ``out/checkpoints/{best,last}`` so ``out`` is a run directory like any other.
+    ``out/checkpoints/{best,last}`` so ``out`` is a run directory like any other. ``cache_dir``
+    (default ``out/cache``) may be shared between runs over the same audio and encoder.
     """
     out = Path(out)
     if grid is None:
-        return train_multitask(config, model=model, tasks=tasks, out=out, progress=progress)
+        return train_multitask(config, model=model, tasks=tasks, out=out, cache_dir=cache_dir, progress=progress)
     points = grid_points(grid)
     if isinstance(model, Encoder):
         base, source = model, "<in memory>"
     else:
         base, source = resolve_encoder(model)
-    data = prepare_data(tasks, base, scenario=config.scenario, cache_dir=out / "cache", progress=progress)
+    data = prepare_data(tasks, base, scenario=config.scenario, cache_dir=Path(cache_dir or out / "cache"),
+                        progress=progress)
     record = {"kind": "multitask", "config": config.to_dict(), "seed": config.seed, "model": source,
               "task_specs": data.specs, "tasks": [t.to_dict() for t in data.tasks],
               "grid": grid if isinstance(grid, str) else {k: list(v) for k, v in grid.items()},
