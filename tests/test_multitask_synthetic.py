@@ -387,3 +387,22 @@ def test_single_task_run_and_grid_selection(audio_dir, base_encoder, cache_dir, 
     assert all(torch.equal(sub[k], top[k]) for k in sub)
     run = json.loads((out / "run.json").read_text())
     assert run["kind"] == "multitask" and run["grid"] == grid
+
+
+def test_scenarios_decide_what_trains(audio_dir, base_encoder, cache_dir, tmp_path):
+    tasks = synthetic_tasks(audio_dir)[:1]
+    base = base_encoder.state_dict()
+    enc_keys = [k for k in base if not k.startswith("enrichment.")]
+    cfg = small_config(epochs=1, scenario="finetune")
+    model, heads, weighting = mt.build_modules(base_encoder, [TaskInfo("x", "multiclass", ["a", "b"])], cfg)
+    lrs = {g["name"]: g["base_lr"] for g in mt.make_optimizer(model, heads, weighting, cfg).param_groups}
+    assert lrs == {"enrichment+heads": cfg.optim.lr, "encoder": cfg.optim.lr * cfg.optim.finetune_encoder_lr_scale}
+    assert all(torch.equal(model.state_dict()[k], base[k]) for k in enc_keys)  # starts from the pre-trained weights
+    changed = {}
+    for scenario in ("finetune", "scratch"):
+        mt.train_multitask(small_config(epochs=1, scenario=scenario), model=base_encoder, tasks=tasks,
+                           out=tmp_path / scenario, progress=False, cache_dir=cache_dir)
+        after = mt.Encoder.from_pretrained(tmp_path / scenario / "checkpoints" / "last").state_dict()
+        changed[scenario] = [k for k in enc_keys if not torch.equal(after[k], base[k])]
+    assert len(changed["finetune"]) > 0  # the encoder trained
+    assert set(changed["scratch"]) >= {k for k in enc_keys if k.endswith(".weight") and "norm" not in k}  # not the pre-trained weights
