@@ -253,3 +253,13 @@ def test_store_pickles_without_its_memory_maps(full_store):
     blob = pickle.dumps(store)
     assert len(blob) < 200_000  # rows and config only, not shard data
     np.testing.assert_array_equal(pickle.loads(blob).get(1), x)
+
+
+def test_runs_in_the_same_second_never_overwrite_shards(music, fs, tmp_path, monkeypatch):
+    import m3bert.features.store as st
+
+    monkeypatch.setattr(st.time, "strftime", lambda fmt, *a: "20240101T000000")  # two runs, one timestamp
+    _extract([music / "a.wav"], tmp_path / "s", fs)
+    _extract([music / "a.wav", music / "e.ogg"], tmp_path / "s", fs)
+    assert sorted(FeatureStore.open(tmp_path / "s").groups()) == sorted([(music / "a.wav").as_posix(),
+                                                                          (music / "e.ogg").as_posix()])

@@ -47,6 +47,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -105,6 +106,8 @@ class _ShardWriter:
 
     def __init__(self, directory: Path, shard_id: str, n_channels: int) -> None:
         self.directory, self.shard_id, self.n_channels = directory, shard_id, n_channels
+        if (directory / f"{shard_id}.json").exists():  # pragma: no cover - ids are unique per run
+            raise DataError(f"{directory}: shard {shard_id} already exists; refusing to overwrite it")
         self.tmp = directory / f".{shard_id}.npy.tmp"
         self.fh = open(self.tmp, "wb")
         self._write_header(0)
@@ -281,7 +284,8 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
         done_sha = {f["sha1"]: f["source"] for r in records for f in r["files"]}
         old_rejects = _read_rejects(store)
         summary = _Summary(n_inputs=len(mine), n_all_inputs=len(all_inputs))
-        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        # unique per run, also for two runs in one process within a second (a shard is never overwritten)
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}"
         writer: _ShardWriter | None = None
         seq = 0
         rejects: dict[str, dict[str, Any]] = {}
