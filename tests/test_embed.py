@@ -330,3 +330,13 @@ def test_refuses_mismatched_model_dirs(tmp_path):
     (good / "model.safetensors").write_bytes(b"corrupt")
     with pytest.raises(CheckpointError, match="safetensors"):
         load_model(good)
+
+
+def test_embedder_leaves_a_training_encoder_as_it_was(tiny, clips):
+    """A trainer may embed with the encoder it is training: no mode or grad flags leak, and
+    dropout is off inside the embedder (results equal those of the loaded eval-mode model)."""
+    enc = create_model("m2bert-tiny", seed=3)  # the weights of ``tiny``, in train mode
+    assert enc.training
+    a = Embedder(enc, feature_set=tiny.feature_set).embed(clips[1], sample_rate=SR)
+    assert enc.training and all(p.requires_grad for p in enc.parameters())
+    np.testing.assert_array_equal(a, tiny.embed(clips[1], sample_rate=SR))

@@ -280,6 +280,7 @@ def load_model(
     encoder's input width (``CheckpointError`` otherwise).
     """
     encoder, source = load_encoder(spec)
+    encoder.eval().requires_grad_(False)  # a fresh object of ours: inference only
     return Embedder(encoder, device=device, dtype=dtype, window_frames=window_frames,
                     hop_frames=hop_frames, source=source, pad_batches=pad_batches)
 
@@ -326,7 +327,7 @@ class Embedder:
         encoder: Any,
         *,
         feature_set: Any = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         dtype: str = "fp32",
         window_frames: int | None = None,
         hop_frames: int | None = None,
@@ -358,9 +359,9 @@ class Embedder:
         if self.cmvn_mode == "corpus" and not _has_corpus_stats(feature_set):
             raise CheckpointError(f"{source}: feature set uses corpus CMVN but carries no cmvn_stats")
         self.dtype = dtype
-        self.encoder = encoder.to(torch.device(device)).eval()
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
+        # The encoder is used as given (no requires_grad or train-mode changes leak to a caller
+        # that is still training it); forward passes run in eval mode under inference_mode.
+        self.encoder = encoder if device is None else encoder.to(torch.device(device))
         max_frames = int(encoder.cfg.max_frames)
         self.window_frames = int(window_frames or max_frames)
         if not 0 < self.window_frames <= max_frames:
@@ -402,10 +403,13 @@ class Embedder:
 
     @property
     def model_id(self) -> str:
-        """SHA-1 (16 hex) of the architecture, the feature-set description and every weight."""
+        """SHA-1 (16 hex) of the architecture, the feature-set description and every weight.
+
+        Outputs also depend on ``dtype`` and the window settings, which are not part of the id
+        (``m3bert embed`` records them next to it)."""
         if self._model_id is None:
             h = hashlib.sha1()
-            meta = {"model": self.encoder.cfg.to_dict(), "feature_set": self.encoder.feature_set}
+            meta = {"model": self.encoder.cfg.to_dict(), "feature_set": self.feature_set.to_dict()}
             h.update(json.dumps(meta, sort_keys=True, default=str).encode("utf-8"))
             for name, tensor in sorted(self.encoder.state_dict().items()):
                 t = tensor.detach().to("cpu").contiguous()
@@ -600,18 +604,23 @@ class Embedder:
         # across forward passes instead of re-casting them for every chunk.
         precision = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                      else contextlib.nullcontext())
-        with torch.inference_mode(), precision:
-            for chunk in chunks:
-                lengths = [windows[k].shape[0] for k in chunk]
-                batch = np.zeros((len(chunk), max(lengths), windows[chunk[0]].shape[1]), dtype=np.float32)
-                for j, k in enumerate(chunk):
-                    batch[j, : lengths[j]] = windows[k]
-                frames = torch.from_numpy(batch).to(device)
-                lens = torch.tensor(lengths, dtype=torch.long, device=device)
-                states = self.encoder(frames, lens)
-                sel = torch.stack([states[i].float() for i in idx], dim=1).cpu().numpy()  # (B, n_sel, T, D)
-                for j, k in enumerate(chunk):
-                    out[k] = sel[j, :, : lengths[j]]
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            with torch.inference_mode(), precision:
+                for chunk in chunks:
+                    lengths = [windows[k].shape[0] for k in chunk]
+                    batch = np.zeros((len(chunk), max(lengths), windows[chunk[0]].shape[1]), dtype=np.float32)
+                    for j, k in enumerate(chunk):
+                        batch[j, : lengths[j]] = windows[k]
+                    frames = torch.from_numpy(batch).to(device)
+                    lens = torch.tensor(lengths, dtype=torch.long, device=device)
+                    states = self.encoder(frames, lens)
+                    sel = torch.stack([states[i].float() for i in idx], dim=1).cpu().numpy()  # (B, n_sel, T, D)
+                    for j, k in enumerate(chunk):
+                        out[k] = sel[j, :, : lengths[j]]
+        finally:
+            self.encoder.train(was_training)
         return out  # type: ignore[return-value]
 
     def _finish(self, pending: list[_Prepared], idx: list[int], squeeze: bool, level: str, pool: str,
