@@ -221,7 +221,7 @@ def embed_files(
 
 def format_summary(s: dict[str, Any]) -> str:
     lines = [f"embedded {s['n_done']} file(s) ({s['audio_seconds'] / 60:.1f} min of audio) in {s['seconds']:.1f} s"
-             + (f", {s['realtime_factor']:.0f}x real time" if s["realtime_factor"] else "")
+             + (f", {s['realtime_factor']:.3g}x real time" if s["realtime_factor"] else "")
              + f"; {s['n_existing']} already done; {s['n_failed']} failed -> {s['out']}"]
     for f in s["failures"][:20]:
         lines.append(f"  skipped {f['path']}: {f['error']}")
