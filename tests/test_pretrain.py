@@ -255,8 +255,8 @@ def test_learning_check(tmp_path, store):
         tot += float(torch.nn.functional.huber_loss(pred, target, reduction="sum"))
         n += target.numel()
     mean_baseline = tot / n
-    assert trained < 0.7 * mean_baseline, (trained, mean_baseline)
-    assert trained < 0.8 * untrained, (trained, untrained)
+    assert trained < 0.8 * mean_baseline, (trained, mean_baseline)  # measured: ~0.65x
+    assert trained < 0.8 * untrained, (trained, untrained)  # measured: ~0.64x
 
 
 def _free_port() -> int:
