@@ -97,7 +97,7 @@ def test_single_class_auc_column_is_left_out_with_a_warning(rng):
     with pytest.warns(UserWarning, match="left out"):
         value = M.roc_auc_macro(tags, scores, classes=["a", "b", "c"])
     assert value == pytest.approx(np.mean([M.roc_auc_macro(tags[:, [j]], scores[:, [j]]) for j in (0, 1)]))
-    with pytest.raises(DataError, match="undefined"):
+    with pytest.raises(DataError, match="undefined"), pytest.warns(UserWarning, match="left out"):
         M.roc_auc_macro(np.zeros((5, 2)), rng.random((5, 2)))
 
 

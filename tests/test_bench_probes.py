@@ -149,3 +149,15 @@ def test_chance_and_bad_inputs(rng):
         run_probe(x, yy, x, label_type="multiclass", n_outputs=3, config=SMALL, seed=0, score_fn=None)
     with pytest.raises(ConfigError, match="layers"):
         ProbeConfig(layers="middle")
+
+
+def test_undefined_validation_metric_falls_back_to_validation_loss(rng):
+    x = rng.normal(size=(80, 2, 6)).astype(np.float32)
+    tags = (x[:, 1, :2] > 0).astype(np.float32)
+    y_valid = np.zeros((20, 2), np.float32)  # no positives: ROC-AUC undefined on validation
+    with pytest.warns(UserWarning, match="left out"):
+        out = run_probe(x[:60], tags[:60], x[60:], label_type="multilabel", n_outputs=2,
+                        config=dataclasses.replace(SMALL, max_epochs=5), seed=0,
+                        score_fn=lambda t, p, m: M.roc_auc_macro(t, p), x_valid=x[60:], y_valid=y_valid)
+    losses = [g["valid_loss"] for g in out.grid]
+    assert out.selected["valid_score"] is None and out.selected["valid_loss"] == min(losses)

@@ -132,3 +132,28 @@ def test_cli_bench_on_the_tiny_corpus(tiny_corpus, tmp_path, capsys):
     again = json.loads((tmp_path / "again" / "results.json").read_text())
     assert again["results"][0]["summary"] == res["results"][0]["summary"]
     assert main(["bench", "--baseline", "nope", "--task", "builtin-dance", "--report", str(tmp_path / "x")]) == 1
+
+
+def test_model_representation_all_layers_both_poolings_and_failures(wav):
+    from m3bert.bench.representations import ModelRepresentation
+    from m3bert.embed import load_model
+
+    emb = load_model("random:m2bert-tiny")
+    rep = ModelRepresentation("random:m2bert-tiny", embedder=emb)
+    clips = [Clip("a", wav, 0, "train", "g", start=0.5, end=3.5), Clip("b", wav.parent / "gone.wav", 1, "train", "h"),
+             Clip("c", wav, 1, "test", "i")]
+    failed = []
+    got = rep.embed_clips(clips, on_error=lambda c, e: failed.append(c.clip_id))
+    L, D = emb.n_hidden_states, emb.layer_dims[0]
+    assert got.shape == (3, L, D) and rep.layer_names[0] == "input" and len(rep.layer_names) == L
+    assert failed == ["b"] and np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
+    # the clip's time range is what gets embedded: same as embedding that stretch directly
+    from m3bert.audio import load_audio
+
+    ref = emb.embed(load_audio(wav, sample_rate=emb.sample_rate, offset=0.5, duration=3.0),
+                    sample_rate=emb.sample_rate, layers="all")
+    np.testing.assert_allclose(got[0], ref, rtol=1e-4, atol=1e-5)
+    kim = rep.embed_clips([clips[2]], pooling="slices-meanstd")
+    assert kim.shape == (1, L, 2 * D)
+    with pytest.raises(AudioError, match="gone.wav"):
+        rep.embed_clips(clips)

@@ -545,8 +545,15 @@ def run_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
     grid = []
     if x_valid is not None and len(x_valid) > 0:
         vpred = fit.predict(x_valid)
-        scores = [float(score_fn(y_valid, vpred[g], mask_valid)) for g in range(len(fit.configs))]
-        sel = int(np.argmax(scores))
+        try:
+            scores = [float(score_fn(y_valid, vpred[g], mask_valid)) for g in range(len(fit.configs))]
+            sel = int(np.argmax(scores))
+        except DataError:
+            # the metric is undefined on this validation set (e.g. no tag has both classes):
+            # fall back to the lowest validation loss rather than failing the run
+            scores = [None] * len(fit.configs)
+            losses = [v if v is not None else math.inf for v in fit.valid_loss]
+            sel = int(np.argmin(losses))
     else:
         scores = [None] * len(fit.configs)
         sel = 0
