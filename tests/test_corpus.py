@@ -168,7 +168,7 @@ def test_bad_score_is_skipped_and_counted(tmp_path):
     good = "X:{n}\nT:Tune {n}\nR:reel\nM:4/4\nL:1/8\nK:G\nGABc d2BG|ABcd e2dB|cBAG FGAB|d2B2 G4|]\n\n"
     abc.write_text(good.format(n=1) + good.format(n=2) + "X:3\nT:Broken\nM:4/4\nK:G\n|]\n\n" + good.format(n=4))
     preset = CorpusPreset("test", dance_per_class=0, essen_per_region=0, n_chorales=0, renders_per_piece=1,
-                          note_pitches=(), note_programs_per_pitch=0, clip_seconds=2.0, note_seconds=0.5,
+                          chorale_renders=1, note_pitches=(), note_programs_per_pitch=0, clip_seconds=2.0, note_seconds=0.5,
                           extra_abc=(str(abc),))
     summary = build_corpus(preset, tmp_path / "c", seed=0, renderer="numpy", progress=False)
     assert summary["n_planned"] == 4 and summary["n_clips"] == 3 and summary["n_failed"] == 1

@@ -75,12 +75,15 @@ class CorpusPreset:
     dance_per_class: int  # O'Neill's/Ryan's tunes per dance type (capped by what exists)
     essen_per_region: int  # Essen songs per region (capped by what exists)
     n_chorales: int  # Bach chorales rendered as ensembles (tags task)
-    renders_per_piece: int  # performances per composition (program/tempo/transposition differ)
+    renders_per_piece: int  # performances per tune (program/tempo/transposition differ)
+    chorale_renders: int  # performances per chorale (different subsets of parts, programs, tempi)
     note_pitches: tuple[int, ...]  # MIDI pitches of the single-note (pitch) task
     note_programs_per_pitch: int  # programs each pitch is played on (from MELODY_PROGRAMS)
     clip_seconds: float  # length of tune/ensemble excerpts (from the start of the piece)
     note_seconds: float  # how long a single note is held (clip adds a 0.5 s release)
-    tempo_range: tuple[int, int] = (60, 180)  # quarter-note BPM drawn uniformly (inclusive)
+    # quarter-note BPM drawn uniformly (inclusive); kept under one octave (140/72 < 2) because a
+    # tempo and its double sound alike in dense folk melodies: a wider range makes the label ambiguous
+    tempo_range: tuple[int, int] = (72, 140)
     transpose_range: tuple[int, int] = (-5, 6)  # semitones drawn uniformly (inclusive): all 24 keys
     valid_fraction: float = 0.15  # of the compositions of each class
     test_fraction: float = 0.15  # of the compositions of each class
@@ -88,15 +91,18 @@ class CorpusPreset:
 
 
 PRESETS: dict[str, CorpusPreset] = {
+    # tests: ~50 clips of <= 5.5 s, every task in every split
     "tiny": CorpusPreset("tiny", dance_per_class=3, essen_per_region=3, n_chorales=6, renders_per_piece=1,
-                         note_pitches=(48, 60, 72, 84), note_programs_per_pitch=3, clip_seconds=5.0,
-                         note_seconds=1.0),
+                         chorale_renders=1, note_pitches=(48, 60, 72, 84), note_programs_per_pitch=3,
+                         clip_seconds=5.0, note_seconds=1.0),
+    # the demo: ~800 clips, ~1 h of audio, a few minutes on 2 cores
     "small": CorpusPreset("small", dance_per_class=40, essen_per_region=40, n_chorales=60, renders_per_piece=1,
-                          note_pitches=tuple(range(48, 85)), note_programs_per_pitch=6, clip_seconds=6.0,
-                          note_seconds=1.0),
+                          chorale_renders=3, note_pitches=tuple(range(48, 85)), note_programs_per_pitch=6,
+                          clip_seconds=6.0, note_seconds=1.0),
+    # the benchmark: ~5,000 clips of 10 s
     "full": CorpusPreset("full", dance_per_class=160, essen_per_region=240, n_chorales=400, renders_per_piece=2,
-                         note_pitches=tuple(range(36, 97)), note_programs_per_pitch=12, clip_seconds=10.0,
-                         note_seconds=2.0),
+                         chorale_renders=3, note_pitches=tuple(range(36, 97)), note_programs_per_pitch=12,
+                         clip_seconds=10.0, note_seconds=2.0),
 }
 
 
@@ -198,7 +204,7 @@ def plan_corpus(preset: str | CorpusPreset, *, seed: int = 0) -> list[dict[str, 
     first_pair = {s: int(pair_masks[int(rng.integers(len(pair_masks)))]) for s in SPLITS}
     for ref in pieces:
         split = split_of.get(ref.group, "train")
-        for r in range(preset.renders_per_piece):
+        for r in range(preset.chorale_renders if ref.family == "chorale" else preset.renders_per_piece):
             base = {
                 "piece": ref.piece_id, "group": ref.group, "family": ref.family, "split": split,
                 "tempo_bpm": int(rng.integers(preset.tempo_range[0], preset.tempo_range[1] + 1)),

@@ -356,7 +356,8 @@ def load_piece(ref: PieceRef) -> Piece:
     parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
     if ref.family == "chorale":
         if len(parts) != 4:  # some files add an instrumental part: keep the four voices by name
-            by_name = {(p.partName or "").strip().lower(): p for p in parts}
+            # names like "Soprano\rOboe 1,2\rViolin 1": the voice is the first line
+            by_name = {re.split(r"[\r\n]", (p.partName or "").strip().lower())[0].strip(): p for p in parts}
             voices = [by_name.get(n) for n in ("soprano", "alto", "tenor", "bass")]
             if any(v is None for v in voices):
                 raise DataError(f"piece {ref.piece_id}: {len(parts)} parts {sorted(by_name)}, expected SATB")

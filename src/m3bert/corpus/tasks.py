@@ -100,7 +100,7 @@ _SPECS = [
     ("builtin-pitch", "multiclass", "acoustic", ["accuracy", "macro_f1"], "pitch",
      "MIDI pitch of single notes across programs (NSynth-like)"),
     ("builtin-tempo", "regression", "score", ["r2"], None,
-     "tempo in quarter-note BPM set at render (60-180)"),
+     "tempo in quarter-note BPM set at render (72-140)"),
     ("builtin-style", "multiclass", "high-level", ["accuracy", "macro_f1"], "style",
      "Essen folksong region (China, Germany, Lorraine, Luxembourg, Ireland)"),
 ]
