@@ -274,7 +274,7 @@ def _env() -> dict[str, str]:
 def test_cli_kill_and_resume_matches_straight_run(tmp_path, store_dir, store):
     from m3bert.cli import main
 
-    over = ["train.steps=16", "train.save_every=2", "train.eval_every=100"]
+    over = ["train.steps=30", "train.save_every=2", "train.eval_every=100"]  # long enough to be killed mid-run
     args = ["--store", str(store_dir), "--config", str(TINY), "--no-progress"]
     for o in ["train.threads=1", "data.max_frames=64", "data.val_fraction=0.2", *over]:
         args += ["--set", o]
@@ -290,15 +290,15 @@ def test_cli_kill_and_resume_matches_straight_run(tmp_path, store_dir, store):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(state.read_text())["state"]["step"]
-    assert 4 <= killed_at < 16, proc.stderr.read().decode()[-2000:]
+    assert 4 <= killed_at < 30, proc.stderr.read().decode()[-2000:]
 
     assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 0
-    assert json.loads(state.read_text())["state"]["step"] == 16
+    assert json.loads(state.read_text())["state"]["step"] == 30
     assert main(["pretrain", *args, "--out", str(tmp_path / "straight")]) == 0
     _assert_same_weights(_weights(run), _weights(tmp_path / "straight"), atol=1e-6)
     # the resumed metrics log has each step once
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
-    assert steps == sorted(set(steps)) and steps[-1] == 16
+    assert steps == sorted(set(steps)) and steps[-1] == 30
     assert main(["pretrain", "--resume", str(run), "--set", "optim.lr=1"]) == 1  # clear error, not a silent change
 
 
