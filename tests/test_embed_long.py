@@ -68,7 +68,7 @@ def test_stitched_frames_come_from_the_most_central_window(fs):
     """Independent re-computation: raw features once, each window CMVN-normalised on its own
     and encoded alone; every stitched frame must be that of its owner window."""
     x = make_test_signal(20.0, seed=3)
-    enc = create_model("m2bert-tiny", seed=1)
+    enc = create_model("m2bert-tiny", seed=1).eval()  # eval: the reference below calls it directly
     enc.feature_set = fs.to_dict()
     emb = Embedder(enc, feature_set=fs, window_frames=300, hop_frames=200)
     frames, times = emb.embed(x, sample_rate=SR, level="frame", layers="all")
