@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -259,12 +258,6 @@ def test_learning_check(tmp_path, store):
     assert trained < 0.8 * untrained, (trained, untrained)  # measured: ~0.64x
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
@@ -305,13 +298,17 @@ def test_cli_kill_and_resume_matches_straight_run(tmp_path, store_dir, store):
 def test_ddp_two_cpu_processes_agree_with_one(tmp_path, store_dir, store):
     over = ["train.steps=4", "train.save_every=2", "train.eval_every=2", "data.batch_size=4", "model.dropout=0.0",
             "train.threads=1", "data.max_frames=64", "data.val_fraction=0.2"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+    # --standalone: torchrun picks a free port and a private rendezvous id itself, so parallel
+    # test sessions on one machine never join each other's job
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "m3bert", "pretrain", "--store", str(store_dir), "--config", str(TINY), "--out", str(tmp_path / "ddp"),
            "--no-progress"]
     for o in over:
         cmd += ["--set", o]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)  # generous: the CI box may be loaded
+    try:
+        res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)  # generous: loaded CI boxes
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"torchrun did not finish in 400 s; stderr tail: {(exc.stderr or b'')[-3000:]!r}")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["n_accum"] == 1
