@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so the CPU wheel on disk is used instead of a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,h5]"
+	$(PY) -m pip install -q -e ".[dev,h5,fluidsynth]"
 	touch $(STAMP)
 
 install: $(STAMP)
