@@ -88,8 +88,8 @@ def main() -> int:
     base = get_protocol("marble").probe
     if args.quick:
         base = dataclasses.replace(base, max_epochs=20)
-    variants = [("bf16 autocast, 2 threads", dataclasses.replace(base, bf16=True), 2),
-                ("fp32, 2 threads", dataclasses.replace(base, bf16=False), 2)]
+    variants = [("fp32 (default), 2 threads", dataclasses.replace(base, bf16=False), 2),
+                ("bf16 autocast, 2 threads", dataclasses.replace(base, bf16=True), 2)]
     rows = []
     load0 = os.getloadavg()
     for name, cfg, threads in variants:

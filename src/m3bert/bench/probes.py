@@ -67,7 +67,8 @@ class ProbeConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam moment decay rates
     adam_eps: float = 1e-8  # Adam epsilon (torch / scikit-learn default)
     min_delta: float = 1e-4  # relative improvement of the validation loss that counts (torch's plateau rule)
-    bf16: bool | None = None  # bfloat16 autocast for the matmuls; None = where the CPU does bf16 natively
+    bf16: bool | None = False  # bfloat16 autocast for the matmuls; None = where the CPU does bf16 natively. Off by
+    # default: measured on AVX512-BF16 (bench/probes.py) the casts of the (G, D, 512) weights cost more than the matmuls save
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers not in LAYER_CHOICES:
