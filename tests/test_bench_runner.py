@@ -170,3 +170,23 @@ def test_kim_protocol_draws_a_new_group_split_per_seed(tmp_path):
 def test_write_report_rejects_ragged_section_tables(tmp_path):
     with pytest.raises(DataError, match="cells"):
         Section("x", table=Table(["a", "b"], [[1]])).to_dict()
+
+
+def test_tasks_sharing_audio_embed_each_clip_once(tmp_path):
+    """Clips of one file labelled for several tasks (MTG-Jamendo's tag sets, the built-in tunes) are
+    embedded once per representation in a benchmark run, with identical rows in every task."""
+    task_a, data_a = synthetic_task(n=40, name="synth-a")
+    task_b, data_b = synthetic_task(n=40, name="synth-b", label_type="multilabel")
+    cache = FeatureCache(tmp_path)
+    rep = FakeRep("m", 1.0)
+    got_a = cache.get(rep, task_a.name, data_a.clips)
+    assert rep.calls == 40
+    got_b = cache.get(rep, task_b.name, data_b.clips[::-1])  # same audio, other task, other order
+    assert rep.calls == 40
+    np.testing.assert_array_equal(got_b.features[::-1], got_a.features)
+    # a bounded memo still gives the same rows, it just embeds again
+    small = FeatureCache(tmp_path / "small", memo_bytes=0)
+    rep2 = FakeRep("m", 1.0)
+    small.get(rep2, task_a.name, data_a.clips)
+    np.testing.assert_array_equal(small.get(rep2, task_b.name, data_b.clips).features, got_a.features)
+    assert rep2.calls == 80

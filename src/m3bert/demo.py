@@ -58,6 +58,7 @@ class DemoConfig:
     bench_tasks: tuple[str, ...] = ALL_TASKS  # every built-in task; those not in enrich_tasks are held out
     bench_seeds: int = 3  # probe seeds per (representation, task)
     protocol: str = "marble"  # probe protocol (marble | kim | linear)
+    probe_max_epochs: int | None = None  # cap on probe epochs (None = the protocol's)
     ablation: str | None = None  # None | "masking"
     ablation_seeds: int = 2  # pre-training seeds per masking policy in the ablation
     ablation_steps: int = 300  # pre-training steps per ablation run
@@ -86,7 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The test preset: every stage runs, on the tiny corpus with the tiny model and a few steps.
     "tiny": dict(corpus_preset="tiny", model="m2bert-tiny", pretrain_steps=12, pretrain_batch=8,
                  pretrain_effective_batch=8, pretrain_frames=128, enrich_epochs=2, bench_seeds=2,
-                 protocol="linear", ablation_seeds=1, ablation_steps=6, workers=1),
+                 protocol="linear", probe_max_epochs=30, ablation_seeds=1, ablation_steps=6, workers=1,
+                 ablation_tasks=("pitch", "key")),
 }
 
 
@@ -178,8 +180,11 @@ def _export(run: Path, out: Path) -> dict[str, Any]:
 
 
 def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, progress: bool = True,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every stage into ``out``; returns the benchmark results dict."""
+             say: Callable[[str], None] = print, corpus: str | Path | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage into ``out``; returns the benchmark results dict.
+
+    ``corpus``: an already built corpus folder to use instead of building one into ``out/corpus``.
+    """
     from m3bert.corpus.builtin import build_corpus
     from m3bert.features import get_feature_set
     from m3bert.features.store import extract_to_store
@@ -190,12 +195,17 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, say=say)
     t_start = time.time()
-    corpus, store = out / "corpus", out / "store"
-    runs, models = out / "runs", out / "models"
+    store, runs, models = out / "store", out / "runs", out / "models"
+    if corpus is None:
+        corpus = out / "corpus"
+        stages.run("corpus", [cfg.corpus_preset, cfg.seed, cfg.renderer],
+                   lambda: build_corpus(cfg.corpus_preset, corpus, seed=cfg.seed, renderer=cfg.renderer,
+                                        progress=progress, workers=cfg.workers))
+    else:
+        from m3bert.corpus.builtin import corpus_info
 
-    stages.run("corpus", [cfg.corpus_preset, cfg.seed, cfg.renderer],
-               lambda: build_corpus(cfg.corpus_preset, corpus, seed=cfg.seed, renderer=cfg.renderer,
-                                    progress=progress, workers=cfg.workers))
+        corpus = Path(corpus)
+        stages.run("corpus", [str(corpus.resolve()), corpus_info(corpus).get("seed")], lambda: corpus_info(corpus))
 
     fs = get_feature_set("m3bert324")
     stages.run("features", [fs.config_hash(), stages.summaries["corpus"]["key"]],
@@ -224,7 +234,8 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
 
     # -- benchmark -------------------------------------------------------------------------------
     bench_specs = [f"builtin-{t}:{corpus}" for t in cfg.bench_tasks]
-    bench_key = [stages.summaries["export"]["key"], cfg.bench_tasks, cfg.bench_seeds, cfg.protocol]
+    bench_key = [stages.summaries["export"]["key"], cfg.bench_tasks, cfg.bench_seeds, cfg.protocol,
+                 cfg.probe_max_epochs]
 
     def bench() -> dict[str, Any]:
         res = _benchmark(cfg, models, bench_specs, out / "bench", progress=progress, say=say)
@@ -239,7 +250,8 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
     ablation = None
     if cfg.ablation == "masking":
         abl_key = [stages.summaries["features"]["key"], cfg.model, cfg.ablation_seeds, cfg.ablation_steps,
-                   cfg.ablation_tasks, cfg.bench_seeds, cfg.protocol, cfg.pretrain_lr, cfg.pretrain_frames]
+                   cfg.ablation_tasks, cfg.bench_seeds, cfg.protocol, cfg.pretrain_lr, cfg.pretrain_frames,
+                   cfg.probe_max_epochs]
         stages.run("ablation", abl_key, lambda: _ablation(cfg, store, corpus, out / "ablation", progress=progress,
                                                           say=say))
         ablation = load_results(out / "ablation" / "bench" / "results.json")
@@ -280,7 +292,12 @@ def _benchmark(cfg: DemoConfig, models: Path, specs: list[str], out: Path, *, pr
     from m3bert.bench.runner import run_benchmark
 
     return run_benchmark(_representations(cfg, models), specs, protocol=cfg.protocol, seeds=cfg.bench_seeds,
-                         out_dir=out, cache_dir=out / "cache", progress=progress, echo=say)
+                         out_dir=out, cache_dir=out / "cache", progress=progress, echo=say,
+                         probe_overrides=_probe_overrides(cfg))
+
+
+def _probe_overrides(cfg: DemoConfig) -> dict[str, Any] | None:
+    return {"max_epochs": cfg.probe_max_epochs} if cfg.probe_max_epochs else None
 
 
 def _ablation(cfg: DemoConfig, store: Path, corpus: Path, out: Path, *, progress: bool,
@@ -298,7 +315,8 @@ def _ablation(cfg: DemoConfig, store: Path, corpus: Path, out: Path, *, progress
             reps.append(ModelRepresentation(str(run), name=f"{policy} (seed {s})"))
     specs = [f"builtin-{t}:{corpus}" for t in cfg.ablation_tasks]
     res = run_benchmark(reps, specs, protocol=cfg.protocol, seeds=cfg.bench_seeds, out_dir=out / "bench",
-                        cache_dir=out / "bench" / "cache", progress=progress, echo=say)
+                        cache_dir=out / "bench" / "cache", progress=progress, echo=say,
+                        probe_overrides=_probe_overrides(cfg))
     return {"results": str(out / "bench" / "results.json"), "elapsed_s": res["elapsed_s"]}
 
 

@@ -70,8 +70,14 @@ class FeatureCache:
     ``root=None`` keeps nothing on disk (features are computed every time).
     """
 
-    def __init__(self, root: str | Path | None) -> None:
+    def __init__(self, root: str | Path | None, *, memo_bytes: int = 1 << 30) -> None:
         self.root = Path(root) if root is not None else None
+        # Rows already extracted in this process, per (representation, pooling) and clip audio
+        # (path, time range, size, mtime): tasks that share audio (a tune labelled for dance, key
+        # and tempo; MTG-Jamendo's four tag sets) embed each clip once. Bounded by memo_bytes.
+        self.memo_bytes = int(memo_bytes)
+        self._memo: dict[tuple[str, str], dict[tuple[Any, ...], np.ndarray]] = {}
+        self._memo_used = 0
 
     def paths(self, rep: Representation, task: str, key: str) -> tuple[Path, Path, Path]:
         assert self.root is not None
@@ -146,16 +152,33 @@ class FeatureCache:
         shutil.rmtree(parts, ignore_errors=True)
         return CachedFeatures(feats, ok, failures, names, from_cache=n_done == 0)
 
-    @staticmethod
-    def _extract(rep: Representation, clips: list[Clip], *, pooling: str, skip_errors: bool,
+    def _extract(self, rep: Representation, clips: list[Clip], *, pooling: str, skip_errors: bool,
                  progress: bool) -> CachedFeatures:
         failures: list[dict[str, str]] = []
 
         def on_error(clip: Clip, exc: Exception) -> None:
             failures.append({"clip_id": clip.clip_id, "path": str(clip.path), "error": str(exc)})
 
-        feats = rep.embed_clips(clips, pooling=pooling, progress=progress, on_error=on_error if skip_errors else None)
+        memo = self._memo.setdefault((rep.cache_key, pooling), {}) if rep.cacheable else {}
+        sigs = [tuple(clip_signature(c)[1:]) for c in clips]
+        todo = [i for i, s in enumerate(sigs) if s not in memo]
+        new = (rep.embed_clips([clips[i] for i in todo], pooling=pooling, progress=progress,
+                               on_error=on_error if skip_errors else None) if todo else None)
+        if new is not None and len(todo) == len(clips):
+            feats = new
+        else:
+            shape = new.shape[1:] if new is not None else next(iter(memo.values())).shape
+            feats = np.empty((len(clips), *shape), np.float32)
+            for i, s in enumerate(sigs):
+                if s in memo:
+                    feats[i] = memo[s]
+            if new is not None:
+                feats[todo] = new
         failed = {f["clip_id"] for f in failures}
+        for i in todo if rep.cacheable else ():
+            if clips[i].clip_id not in failed and self._memo_used + feats[i].nbytes <= self.memo_bytes:
+                memo[sigs[i]] = feats[i].copy()
+                self._memo_used += feats[i].nbytes
         ok = np.array([c.clip_id not in failed for c in clips], bool)
         return CachedFeatures(feats, ok, failures, rep.layer_names)
 
