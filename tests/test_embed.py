@@ -340,3 +340,25 @@ def test_embedder_leaves_a_training_encoder_as_it_was(tiny, clips):
     a = Embedder(enc, feature_set=tiny.feature_set).embed(clips[1], sample_rate=SR)
     assert enc.training and all(p.requires_grad for p in enc.parameters())
     np.testing.assert_array_equal(a, tiny.embed(clips[1], sample_rate=SR))
+
+
+def test_feature_memo_is_exact_and_shared_between_models():
+    """Two models over the same audio extract its features once; results equal a memo-less run."""
+    from m3bert.embed import FEATURE_MEMO, load_model
+
+    x = make_test_signal(3.0, seed=7)
+    a, b = load_model("random:m2bert-tiny:1"), load_model("random:m2bert-tiny:2")
+    FEATURE_MEMO.clear()
+    hits = FEATURE_MEMO.hits
+    ea = a.embed(x, sample_rate=44100, layers="all")
+    eb = b.embed(x, sample_rate=44100, layers="all")
+    assert FEATURE_MEMO.hits == hits + 1
+    saved = FEATURE_MEMO.max_bytes
+    try:
+        FEATURE_MEMO.max_bytes = 0
+        FEATURE_MEMO.clear()
+        np.testing.assert_array_equal(a.embed(x, sample_rate=44100, layers="all"), ea)
+        np.testing.assert_array_equal(b.embed(x, sample_rate=44100, layers="all"), eb)
+        assert not FEATURE_MEMO._items
+    finally:
+        FEATURE_MEMO.max_bytes = saved

@@ -59,6 +59,10 @@ class DemoConfig:
     bench_seeds: int = 3  # probe seeds per (representation, task)
     protocol: str = "marble"  # probe protocol (marble | kim | linear)
     probe_max_epochs: int | None = None  # cap on probe epochs (None = the protocol's)
+    # Which hidden state the probes read: "last" = the model's output representation, the paper's
+    # setting (M3BERT: the enrichment output; M2BERT: the last encoder layer); "each+weighted" =
+    # MARBLE's layer selection (which can pick the same shared layer for M2BERT and M3BERT).
+    probe_layers: str = "last"
     ablation: str | None = None  # None | "masking"
     ablation_seeds: int = 2  # pre-training seeds per masking policy in the ablation
     ablation_steps: int = 300  # pre-training steps per ablation run
@@ -235,7 +239,7 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
     # -- benchmark -------------------------------------------------------------------------------
     bench_specs = [f"builtin-{t}:{corpus}" for t in cfg.bench_tasks]
     bench_key = [stages.summaries["export"]["key"], cfg.bench_tasks, cfg.bench_seeds, cfg.protocol,
-                 cfg.probe_max_epochs]
+                 cfg.probe_max_epochs, cfg.probe_layers]
 
     def bench() -> dict[str, Any]:
         res = _benchmark(cfg, models, bench_specs, out / "bench", progress=progress, say=say)
@@ -251,7 +255,7 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
     if cfg.ablation == "masking":
         abl_key = [stages.summaries["features"]["key"], cfg.model, cfg.ablation_seeds, cfg.ablation_steps,
                    cfg.ablation_tasks, cfg.bench_seeds, cfg.protocol, cfg.pretrain_lr, cfg.pretrain_frames,
-                   cfg.probe_max_epochs]
+                   cfg.probe_max_epochs, cfg.probe_layers]
         stages.run("ablation", abl_key, lambda: _ablation(cfg, store, corpus, out / "ablation", progress=progress,
                                                           say=say))
         ablation = load_results(out / "ablation" / "bench" / "results.json")
@@ -296,8 +300,11 @@ def _benchmark(cfg: DemoConfig, models: Path, specs: list[str], out: Path, *, pr
                          probe_overrides=_probe_overrides(cfg))
 
 
-def _probe_overrides(cfg: DemoConfig) -> dict[str, Any] | None:
-    return {"max_epochs": cfg.probe_max_epochs} if cfg.probe_max_epochs else None
+def _probe_overrides(cfg: DemoConfig) -> dict[str, Any]:
+    over: dict[str, Any] = {"layers": cfg.probe_layers}
+    if cfg.probe_max_epochs:
+        over["max_epochs"] = cfg.probe_max_epochs
+    return over
 
 
 def _ablation(cfg: DemoConfig, store: Path, corpus: Path, out: Path, *, progress: bool,
@@ -424,8 +431,9 @@ def report_sections(cfg: DemoConfig, out: Path, results: dict[str, Any], stages:
             f"{cfg.pretrain_frames}-frame crops, against the paper's 200k steps of M3BERT-Small on 4,283 hours. "
             f"Multi-task enrichment used the tasks {', '.join(cfg.enrich_tasks)}; the tasks "
             f"{', '.join(cfg.held_out) or '(none)'} were held out of enrichment. Probes: protocol "
-            f"`{cfg.protocol}`, {cfg.bench_seeds} seeds, mean ± 95 % CI. Two representations whose CIs overlap "
-            "are within noise: read those comparisons as ties."
+            f"`{cfg.protocol}` on the models' output representation (layers: `{cfg.probe_layers}`), "
+            f"{cfg.bench_seeds} seeds, mean ± 95 % CI. Two representations whose CIs overlap are within noise: "
+            "read those comparisons as ties."
         ))]
     stage_rows = [[name, round(rec.get("seconds", 0.0), 1)] for name, rec in stages.items()]
     sections.append(Section(title="Pipeline stages", text="Wall time of each stage in the run that produced it.",

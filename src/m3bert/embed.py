@@ -84,6 +84,56 @@ POOLS = ("mean", "meanstd")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
+class FeatureMemo:
+    """Process-wide LRU of input features by (feature-set config, normalisation, audio bytes).
+
+    Several models over the same audio (a benchmark comparing M3BERT, M2BERT and a random
+    encoder; multi-task caching followed by evaluation) compute identical input features; the
+    feature extraction is the costliest step for small encoders. Keys hash the waveform's bytes,
+    so a hit is exact. Bounded by ``max_bytes`` (``M3BERT_FEATURE_MEMO_MB``, default 512; 0 = off).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.max_bytes = int(max_bytes)
+        self._items: "OrderedDict[tuple[str, bool, str], np.ndarray]" = OrderedDict()
+        self._used = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(fs: Any, waveform: np.ndarray, normalize: bool) -> tuple[str, bool, str]:
+        digest = hashlib.sha1(np.ascontiguousarray(waveform).view(np.uint8)).hexdigest()
+        return (fs.config_hash(), bool(normalize), f"{waveform.dtype}:{waveform.shape}:{digest}")
+
+    def get(self, key: tuple[str, bool, str]) -> np.ndarray | None:
+        hit = self._items.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return hit
+
+    def put(self, key: tuple[str, bool, str], feats: np.ndarray) -> None:
+        if self.max_bytes <= 0 or feats.nbytes > self.max_bytes or key in self._items:
+            return
+        feats.setflags(write=False)  # shared between callers: never modified in place
+        self._items[key] = feats
+        self._used += feats.nbytes
+        while self._used > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._used -= old.nbytes
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._used = 0
+
+
+FEATURE_MEMO = FeatureMemo(int(float(os.environ.get("M3BERT_FEATURE_MEMO_MB", "512")) * (1 << 20)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure functions: windows, stitching, normalisation, pooling, layer selection
 # ---------------------------------------------------------------------------------------------
@@ -571,11 +621,17 @@ class Embedder:
     def _prepare(self, index: int, item: Any, *, sample_rate: int | None) -> _Prepared:
         x, where = self._waveform(item, sample_rate)
         fs = self.feature_set
-        try:
-            feats = fs.extract(x, sample_rate=self.sample_rate, normalize=self.cmvn_mode != "clip")
-        except M3bertError as exc:
-            raise type(exc)(f"{where}: {exc}") from exc
-        feats = np.asarray(feats, dtype=np.float32)
+        normalize = self.cmvn_mode != "clip"
+        memo_key = FEATURE_MEMO.key(fs, x, normalize) if FEATURE_MEMO.max_bytes > 0 else None
+        feats = FEATURE_MEMO.get(memo_key) if memo_key is not None else None
+        if feats is None:
+            try:
+                feats = fs.extract(x, sample_rate=self.sample_rate, normalize=normalize)
+            except M3bertError as exc:
+                raise type(exc)(f"{where}: {exc}") from exc
+            feats = np.asarray(feats, dtype=np.float32)
+            if memo_key is not None:
+                FEATURE_MEMO.put(memo_key, feats)
         if feats.ndim != 2 or feats.shape[0] == 0:
             raise AudioError(f"{where}: no feature frames (audio of {x.size} samples is too short)")
         n_frames = feats.shape[0]
