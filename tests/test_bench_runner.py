@@ -177,6 +177,11 @@ def test_tasks_sharing_audio_embed_each_clip_once(tmp_path):
     embedded once per representation in a benchmark run, with identical rows in every task."""
     task_a, data_a = synthetic_task(n=40, name="synth-a")
     task_b, data_b = synthetic_task(n=40, name="synth-b", label_type="multilabel")
+    for k, (ca, cb) in enumerate(zip(data_a.clips, data_b.clips)):  # real files: signatures carry size + mtime
+        path = tmp_path / "audio" / f"{k}.wav"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"RIFF")
+        ca.path = cb.path = path
     cache = FeatureCache(tmp_path)
     rep = FakeRep("m", 1.0)
     got_a = cache.get(rep, task_a.name, data_a.clips)

@@ -44,7 +44,7 @@ class DemoConfig:
     workers: int = 2  # processes for corpus rendering and feature extraction
     model: str = "m2bert-mini"  # registered encoder architecture pre-trained by the demo
     masking: str = "cfm+ccm"  # masking policies, '+'-joined (paper's best: cfm+ccm)
-    pretrain_steps: int = 600  # optimizer steps of pre-training
+    pretrain_steps: int = 150  # optimizer steps of pre-training (~2-3 min here)
     pretrain_batch: int = 16  # chunks per micro-batch
     pretrain_effective_batch: int = 16  # chunks per optimizer step
     pretrain_lr: float = 1e-3  # peak learning rate (higher than the paper's 2e-4: tiny model, short run)

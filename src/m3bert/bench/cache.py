@@ -160,7 +160,7 @@ class FeatureCache:
             failures.append({"clip_id": clip.clip_id, "path": str(clip.path), "error": str(exc)})
 
         memo = self._memo.setdefault((rep.cache_key, pooling), {}) if rep.cacheable else {}
-        sigs = [tuple(clip_signature(c)[1:]) for c in clips]
+        sigs = [tuple(tuple(x) if isinstance(x, list) else x for x in clip_signature(c)[1:]) for c in clips]
         todo = [i for i, s in enumerate(sigs) if s not in memo]
         new = (rep.embed_clips([clips[i] for i in todo], pooling=pooling, progress=progress,
                                on_error=on_error if skip_errors else None) if todo else None)
