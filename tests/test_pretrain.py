@@ -300,15 +300,23 @@ def test_ddp_two_cpu_processes_agree_with_one(tmp_path, store_dir, store):
             "train.threads=1", "data.max_frames=64", "data.val_fraction=0.2"]
     # --standalone: torchrun picks a free port and a private rendezvous id itself, so parallel
     # test sessions on one machine never join each other's job
+    logs = tmp_path / "torchrun-logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "m3bert", "pretrain", "--store", str(store_dir), "--config", str(TINY), "--out", str(tmp_path / "ddp"),
+           "--log-dir", str(logs), "--redirects", "2", "-m", "m3bert", "pretrain", "--store", str(store_dir), "--config", str(TINY), "--out", str(tmp_path / "ddp"),
            "--no-progress"]
     for o in over:
         cmd += ["--set", o]
+    # own session, so a timeout can end torchrun *and* its workers (by our process group id)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)  # generous: loaded CI boxes
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"torchrun did not finish in 400 s; stderr tail: {(exc.stderr or b'')[-3000:]!r}")
+        stdout, stderr = proc.communicate(timeout=400)  # generous: CI boxes may be loaded
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        ranks = {p.name: p.read_text()[-1500:] for p in logs.rglob("*.log")}
+        pytest.fail(f"torchrun did not finish in 400 s; worker logs: {ranks}")
+    res = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout[res.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["n_accum"] == 1

@@ -371,6 +371,9 @@ def pretrain(
     kind = "cuda" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
     dist = setup_distributed(kind)
     try:
+        # every rank has checked the run directory above; none may see rank 0's first writes
+        # (gloo may connect lazily, so a slow rank could otherwise find run.json and refuse)
+        dist.barrier()
         device = resolve_device(cfg.train.device, dist)
         store = open_store(store)
         fs = store.feature_set
