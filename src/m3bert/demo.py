@@ -44,7 +44,7 @@ class DemoConfig:
     workers: int = 2  # processes for corpus rendering and feature extraction
     model: str = "m2bert-mini"  # registered encoder architecture pre-trained by the demo
     masking: str = "cfm+ccm"  # masking policies, '+'-joined (paper's best: cfm+ccm)
-    pretrain_steps: int = 150  # optimizer steps of pre-training (~2-3 min here)
+    pretrain_steps: int = 300  # optimizer steps of pre-training (~4 min on 2 cores)
     pretrain_batch: int = 16  # chunks per micro-batch
     pretrain_effective_batch: int = 16  # chunks per optimizer step
     pretrain_lr: float = 1e-3  # peak learning rate (higher than the paper's 2e-4: tiny model, short run)
@@ -65,7 +65,7 @@ class DemoConfig:
     probe_layers: str = "last"
     ablation: str | None = None  # None | "masking"
     ablation_seeds: int = 2  # pre-training seeds per masking policy in the ablation
-    ablation_steps: int = 300  # pre-training steps per ablation run
+    ablation_steps: int = 100  # pre-training steps per ablation run
     ablation_tasks: tuple[str, ...] = ("key", "pitch", "style")  # tasks the ablation is judged on
 
     def __post_init__(self) -> None:
