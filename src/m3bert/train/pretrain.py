@@ -505,4 +505,8 @@ def pretrain(
                 "world_size": dist.world_size, "n_accum": n_accum, "weights_sha1": digests}
     finally:
         if dist.owns_group:
+            # leave together: a rank that tears down while its peer is still in a collective or
+            # in its own teardown can leave that peer waiting forever (seen with gloo on CPU)
+            with contextlib.suppress(Exception):
+                torch.distributed.barrier()
             torch.distributed.destroy_process_group()
