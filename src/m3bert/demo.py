@@ -19,11 +19,10 @@ The configuration of every stage lives in :class:`DemoConfig`; its presets ``tin
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -263,7 +262,7 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
     # -- report ----------------------------------------------------------------------------------------
     total_s = time.time() - t_start
     sections = report_sections(cfg, out, results, stages.summaries, ablation=ablation)
-    from m3bert.bench.report import summary_lines, write_report
+    from m3bert.bench.report import write_report
 
     paths = write_report(results, out, sections=sections)
     shutil.copyfile(paths["results"], out / "report.json")

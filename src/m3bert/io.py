@@ -78,6 +78,30 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(fh)
 
 
+def read_format_json(path: str | os.PathLike, *, fmt: str, max_version: int) -> dict[str, Any]:
+    """Read a JSON header that names its ``format`` and ``format_version``; refuse anything else.
+
+    Raises ``CheckpointError`` naming the file for a missing/unreadable file, another format or
+    a version newer than ``max_version`` (written by a newer m3bert).
+    """
+    from m3bert.errors import CheckpointError
+
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: missing") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path}: format={found!r}, expected {fmt!r}")
+    if int(payload.get("format_version", -1)) > max_version:
+        raise CheckpointError(f"{path}: format_version={payload.get('format_version')} is newer than this m3bert "
+                              f"understands ({max_version}); upgrade m3bert")
+    return payload
+
+
 def file_sha1(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
     """SHA-1 of a file's bytes (content identity for resume and caches)."""
     h = hashlib.sha1()

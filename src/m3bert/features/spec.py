@@ -10,7 +10,7 @@ New feature sets (Wu et al.'s worker targets, Kim et al.'s stereo mel, ...) are 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np

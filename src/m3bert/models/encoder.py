@@ -13,9 +13,8 @@ A model directory (``save_pretrained`` / ``from_pretrained``) is ``config.json``
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -327,17 +326,9 @@ class Encoder(nn.Module):
         for p in (cfg_path, weights):
             if not p.is_file():
                 raise CheckpointError(f"{directory}: missing {p.name}; a model directory holds config.json + model.safetensors")
-        try:
-            config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
-        if config.get("format") != MODEL_FORMAT:
-            raise CheckpointError(f"{cfg_path}: format={config.get('format')!r}, expected {MODEL_FORMAT!r}")
-        if int(config.get("format_version", -1)) > MODEL_FORMAT_VERSION:
-            raise CheckpointError(
-                f"{cfg_path}: format_version={config.get('format_version')} is newer than this m3bert "
-                f"understands ({MODEL_FORMAT_VERSION}); upgrade m3bert"
-            )
+        from m3bert.io import read_format_json
+
+        config = read_format_json(cfg_path, fmt=MODEL_FORMAT, max_version=MODEL_FORMAT_VERSION)
         try:
             mcfg = EncoderConfig.from_dict(config["model"])
         except (KeyError, ConfigError, TypeError) as exc:

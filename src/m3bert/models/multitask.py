@@ -22,7 +22,6 @@ Heads and weighting are saved beside the model in a checkpoint as ``heads.safete
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -439,14 +438,9 @@ def load_heads(directory: str | Path) -> tuple[MultiTaskHeads, LossWeighting]:
     for p in (cfg_path, weights):
         if not p.is_file():
             raise CheckpointError(f"{directory}: missing {p.name}; a multi-task checkpoint holds {HEADS_CONFIG} + {HEADS_WEIGHTS}")
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})") from exc
-    if meta.get("format") != HEADS_FORMAT:
-        raise CheckpointError(f"{cfg_path}: format={meta.get('format')!r}, expected {HEADS_FORMAT!r}")
-    if int(meta.get("format_version", -1)) > HEADS_FORMAT_VERSION:
-        raise CheckpointError(f"{cfg_path}: format_version {meta.get('format_version')} is newer than this m3bert")
+    from m3bert.io import read_format_json
+
+    meta = read_format_json(cfg_path, fmt=HEADS_FORMAT, max_version=HEADS_FORMAT_VERSION)
     try:
         tasks = [TaskInfo.from_dict(t) for t in meta["tasks"]]
         head_cfg = from_dict(HeadConfig, meta["head"], where="heads.head")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from m3bert.errors import CheckpointError
-from m3bert.io import atomic_write_json
+from m3bert.io import atomic_write_json, read_format_json
 
 STATE_FORMAT = "m3bert-trainer-state"
 STATE_FORMAT_VERSION = 1
@@ -215,15 +215,7 @@ def read_state(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "state.json"
     if not path.is_file():
         raise CheckpointError(f"{directory}: no state.json; not a trainer checkpoint")
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if payload.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: format={payload.get('format')!r}, expected {STATE_FORMAT!r}")
-    if int(payload.get("format_version", -1)) > STATE_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {payload.get('format_version')} is newer than this m3bert")
-    return payload
+    return read_format_json(path, fmt=STATE_FORMAT, max_version=STATE_FORMAT_VERSION)
 
 
 def load_checkpoint(

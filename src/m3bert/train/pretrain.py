@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -185,7 +186,9 @@ def setup_distributed(device_kind: str) -> Dist:
 
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        # A bounded collective timeout turns a lost peer into an error instead of a hang.
+        timeout = datetime.timedelta(seconds=float(os.environ.get("M3BERT_DIST_TIMEOUT", "1800")))
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo", timeout=timeout)
         owns = True
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
