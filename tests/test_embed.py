@@ -348,17 +348,12 @@ def test_feature_memo_is_exact_and_shared_between_models():
 
     x = make_test_signal(3.0, seed=7)
     a, b = load_model("random:m2bert-tiny:1"), load_model("random:m2bert-tiny:2")
-    FEATURE_MEMO.clear()
-    hits = FEATURE_MEMO.hits
-    ea = a.embed(x, sample_rate=44100, layers="all")
-    eb = b.embed(x, sample_rate=44100, layers="all")
-    assert FEATURE_MEMO.hits == hits + 1
-    saved = FEATURE_MEMO.max_bytes
-    try:
-        FEATURE_MEMO.max_bytes = 0
-        FEATURE_MEMO.clear()
-        np.testing.assert_array_equal(a.embed(x, sample_rate=44100, layers="all"), ea)
-        np.testing.assert_array_equal(b.embed(x, sample_rate=44100, layers="all"), eb)
-        assert not FEATURE_MEMO._items
-    finally:
-        FEATURE_MEMO.max_bytes = saved
+    with FEATURE_MEMO.sharing(64 << 20):
+        hits = FEATURE_MEMO.hits
+        ea = a.embed(x, sample_rate=44100, layers="all")
+        eb = b.embed(x, sample_rate=44100, layers="all")
+        assert FEATURE_MEMO.hits == hits + 1
+    assert not FEATURE_MEMO._items and FEATURE_MEMO.max_bytes == 0  # off again: memory stays flat
+    np.testing.assert_array_equal(a.embed(x, sample_rate=44100, layers="all"), ea)
+    np.testing.assert_array_equal(b.embed(x, sample_rate=44100, layers="all"), eb)
+    assert not FEATURE_MEMO._items

@@ -90,7 +90,8 @@ class FeatureMemo:
     Several models over the same audio (a benchmark comparing M3BERT, M2BERT and a random
     encoder; multi-task caching followed by evaluation) compute identical input features; the
     feature extraction is the costliest step for small encoders. Keys hash the waveform's bytes,
-    so a hit is exact. Bounded by ``max_bytes`` (``M3BERT_FEATURE_MEMO_MB``, default 512; 0 = off).
+    so a hit is exact. Off by default (embedding a folder sees each file once, and a memo would
+    only grow memory); :meth:`sharing` turns it on for a block, as ``run_benchmark`` does.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -130,8 +131,19 @@ class FeatureMemo:
         self._items.clear()
         self._used = 0
 
+    @contextlib.contextmanager
+    def sharing(self, max_bytes: int = 512 << 20) -> Iterator["FeatureMemo"]:
+        """Keep features of up to ``max_bytes`` within the block; emptied (and restored) after it."""
+        saved = self.max_bytes
+        self.max_bytes = int(max_bytes)
+        try:
+            yield self
+        finally:
+            self.max_bytes = saved
+            self.clear()
 
-FEATURE_MEMO = FeatureMemo(int(float(os.environ.get("M3BERT_FEATURE_MEMO_MB", "512")) * (1 << 20)))
+
+FEATURE_MEMO = FeatureMemo(0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -194,87 +194,91 @@ def run_benchmark(representations: Sequence[Representation], tasks: Sequence[Any
     results: list[dict[str, Any]] = []
     rep_rows: dict[str, dict[str, Any]] = {}
 
-    for spec in tasks:
-        task, td = _load_task(spec, skip_missing=skip_missing)
-        for m in task.metrics + (task.score_metrics or []):
-            metric = M.get_metric(m)
-            if td.label_type not in metric.label_types:
-                raise ConfigError(f"task {task.name}: metric {m!r} does not apply to {td.label_type} labels")
-        clips = td.clips
-        y_all, mask_all = _targets(td, clips)
-        score_names = task.score_metrics or [task.primary_metric]
-        splits = np.array([c.split for c in clips])
-        task_rows.append({"name": task.name, "taxonomy": task.taxonomy, "label_type": td.label_type,
-                          "metrics": list(task.metrics), "score_metrics": list(score_names), "classes": list(td.classes),
-                          "description": task.description, "root": td.root,
-                          "n_clips": {s: int((splits == s).sum()) for s in ("train", "valid", "test")},
-                          "skipped": [list(s) for s in td.skipped]})
-        say(f"task {task.name}: {len(clips)} clips ({task_rows[-1]['n_clips']}), {len(td.skipped)} skipped")
-        for rep in representations:
-            rep_t = rep.for_task(td.root) if isinstance(rep, EmbeddingsDirRepresentation) else rep
-            t0 = time.time()
-            if rep_t.predictor == "chance":
-                feats, ok, failures, layer_names = None, np.ones(len(clips), bool), [], rep_t.layer_names
-            else:
-                got = cache.get(rep_t, task.name, clips, pooling=proto.pooling, skip_errors=skip_missing, progress=progress)
-                feats, ok, failures, layer_names = got.features, got.ok, got.failures, got.layer_names
-            extract_s = time.time() - t0
-            rep_rows.setdefault(rep.name, rep_t.describe())
-            keep = np.nonzero(ok)[0]
-            n_layers = feats.shape[1] if feats is not None else 1
-            needs_valid = (len(grid_configs(n_layers, proto.probe)) > 1 or proto.probe.early_stop_patience is not None
-                           or proto.probe.lr_plateau_patience is not None)
-            runs = []
-            for seed in seed_list:
-                t1 = time.time()
-                if proto.split == "random":
-                    tr, te = random_group_split([clips[i] for i in keep], y_all[keep], label_type=td.label_type,
-                                                test_fraction=proto.test_fraction, seed=seed)
-                    tr, te, va = keep[tr], keep[te], np.zeros(0, np.int64)
-                else:
-                    tr = keep[splits[keep] == "train"]
-                    va = keep[splits[keep] == "valid"]
-                    te = keep[splits[keep] == "test"]
-                    if len(va) == 0 and needs_valid and rep_t.predictor != "chance":
-                        tr, va = carve_validation(clips, tr, seed=seed)
-                if len(tr) == 0 or len(te) == 0:
-                    raise DataError(f"task {task.name}: {len(tr)} train and {len(te)} test clips after dropping failures; "
-                                    "need both")
-                m_tr = mask_all[tr] if mask_all is not None else None
-                m_va = mask_all[va] if mask_all is not None else None
-                m_te = mask_all[te] if mask_all is not None else None
-                n_out = len(td.classes)
+    from m3bert.embed import FEATURE_MEMO
+
+    # The models compared (M3BERT, M2BERT, a random encoder) share each clip's input features.
+    with FEATURE_MEMO.sharing():
+        for spec in tasks:
+            task, td = _load_task(spec, skip_missing=skip_missing)
+            for m in task.metrics + (task.score_metrics or []):
+                metric = M.get_metric(m)
+                if td.label_type not in metric.label_types:
+                    raise ConfigError(f"task {task.name}: metric {m!r} does not apply to {td.label_type} labels")
+            clips = td.clips
+            y_all, mask_all = _targets(td, clips)
+            score_names = task.score_metrics or [task.primary_metric]
+            splits = np.array([c.split for c in clips])
+            task_rows.append({"name": task.name, "taxonomy": task.taxonomy, "label_type": td.label_type,
+                              "metrics": list(task.metrics), "score_metrics": list(score_names), "classes": list(td.classes),
+                              "description": task.description, "root": td.root,
+                              "n_clips": {s: int((splits == s).sum()) for s in ("train", "valid", "test")},
+                              "skipped": [list(s) for s in td.skipped]})
+            say(f"task {task.name}: {len(clips)} clips ({task_rows[-1]['n_clips']}), {len(td.skipped)} skipped")
+            for rep in representations:
+                rep_t = rep.for_task(td.root) if isinstance(rep, EmbeddingsDirRepresentation) else rep
+                t0 = time.time()
                 if rep_t.predictor == "chance":
-                    pred = fit_chance(y_all[tr], len(te), label_type=td.label_type, n_outputs=n_out, mask_train=m_tr)
-                    selected: dict[str, Any] = {"predictor": "chance"}
+                    feats, ok, failures, layer_names = None, np.ones(len(clips), bool), [], rep_t.layer_names
                 else:
-                    out = run_probe(feats[tr], y_all[tr], feats[te], label_type=td.label_type, n_outputs=n_out,
-                                    config=proto.probe, seed=seed, score_fn=_score_fn(task, td),
-                                    x_valid=feats[va] if len(va) else None, y_valid=y_all[va] if len(va) else None,
-                                    mask_train=m_tr, mask_valid=m_va)
-                    pred = out.test_pred
-                    selected = dict(out.selected)
-                    if selected.get("layer") not in (None, "weighted"):
-                        selected["layer_name"] = layer_names[int(selected["layer"])]
-                vals = M.compute_metrics(task.metrics, y_all[te], pred, label_type=td.label_type, classes=td.classes,
-                                         target_mask=m_te)
-                for m in score_names:
-                    if m not in vals:
-                        vals[m] = M.compute_metric(m, y_all[te], pred, label_type=td.label_type, classes=td.classes,
-                                                   target_mask=m_te)
-                runs.append({"seed": seed, "metrics": vals, "score": M.task_score(vals, score_names),
-                             "selected": selected, "n_train": int(len(tr)), "n_valid": int(len(va)),
-                             "n_test": int(len(te)), "time_s": round(time.time() - t1, 3)})
-            row = {"representation": rep.name, "task": task.name, "runs": runs,
-                   "summary": _summaries(runs, list(dict.fromkeys(task.metrics + score_names))),
-                   "failures": failures, "layer_names": layer_names,
-                   "feature_shape": list(feats.shape[1:]) if feats is not None else None,
-                   "extract_s": round(extract_s, 3)}
-            results.append(row)
-            s = row["summary"]["score"]
-            say(f"  {rep.name:>20s} on {task.name}: score {s['mean']:.4f}"
-                + (f" ± {s['half_width']:.4f}" if s["half_width"] is not None else "")
-                + (f" ({len(failures)} clip(s) failed)" if failures else ""))
+                    got = cache.get(rep_t, task.name, clips, pooling=proto.pooling, skip_errors=skip_missing, progress=progress)
+                    feats, ok, failures, layer_names = got.features, got.ok, got.failures, got.layer_names
+                extract_s = time.time() - t0
+                rep_rows.setdefault(rep.name, rep_t.describe())
+                keep = np.nonzero(ok)[0]
+                n_layers = feats.shape[1] if feats is not None else 1
+                needs_valid = (len(grid_configs(n_layers, proto.probe)) > 1 or proto.probe.early_stop_patience is not None
+                               or proto.probe.lr_plateau_patience is not None)
+                runs = []
+                for seed in seed_list:
+                    t1 = time.time()
+                    if proto.split == "random":
+                        tr, te = random_group_split([clips[i] for i in keep], y_all[keep], label_type=td.label_type,
+                                                    test_fraction=proto.test_fraction, seed=seed)
+                        tr, te, va = keep[tr], keep[te], np.zeros(0, np.int64)
+                    else:
+                        tr = keep[splits[keep] == "train"]
+                        va = keep[splits[keep] == "valid"]
+                        te = keep[splits[keep] == "test"]
+                        if len(va) == 0 and needs_valid and rep_t.predictor != "chance":
+                            tr, va = carve_validation(clips, tr, seed=seed)
+                    if len(tr) == 0 or len(te) == 0:
+                        raise DataError(f"task {task.name}: {len(tr)} train and {len(te)} test clips after dropping failures; "
+                                        "need both")
+                    m_tr = mask_all[tr] if mask_all is not None else None
+                    m_va = mask_all[va] if mask_all is not None else None
+                    m_te = mask_all[te] if mask_all is not None else None
+                    n_out = len(td.classes)
+                    if rep_t.predictor == "chance":
+                        pred = fit_chance(y_all[tr], len(te), label_type=td.label_type, n_outputs=n_out, mask_train=m_tr)
+                        selected: dict[str, Any] = {"predictor": "chance"}
+                    else:
+                        out = run_probe(feats[tr], y_all[tr], feats[te], label_type=td.label_type, n_outputs=n_out,
+                                        config=proto.probe, seed=seed, score_fn=_score_fn(task, td),
+                                        x_valid=feats[va] if len(va) else None, y_valid=y_all[va] if len(va) else None,
+                                        mask_train=m_tr, mask_valid=m_va)
+                        pred = out.test_pred
+                        selected = dict(out.selected)
+                        if selected.get("layer") not in (None, "weighted"):
+                            selected["layer_name"] = layer_names[int(selected["layer"])]
+                    vals = M.compute_metrics(task.metrics, y_all[te], pred, label_type=td.label_type, classes=td.classes,
+                                             target_mask=m_te)
+                    for m in score_names:
+                        if m not in vals:
+                            vals[m] = M.compute_metric(m, y_all[te], pred, label_type=td.label_type, classes=td.classes,
+                                                       target_mask=m_te)
+                    runs.append({"seed": seed, "metrics": vals, "score": M.task_score(vals, score_names),
+                                 "selected": selected, "n_train": int(len(tr)), "n_valid": int(len(va)),
+                                 "n_test": int(len(te)), "time_s": round(time.time() - t1, 3)})
+                row = {"representation": rep.name, "task": task.name, "runs": runs,
+                       "summary": _summaries(runs, list(dict.fromkeys(task.metrics + score_names))),
+                       "failures": failures, "layer_names": layer_names,
+                       "feature_shape": list(feats.shape[1:]) if feats is not None else None,
+                       "extract_s": round(extract_s, 3)}
+                results.append(row)
+                s = row["summary"]["score"]
+                say(f"  {rep.name:>20s} on {task.name}: score {s['mean']:.4f}"
+                    + (f" ± {s['half_width']:.4f}" if s["half_width"] is not None else "")
+                    + (f" ({len(failures)} clip(s) failed)" if failures else ""))
 
     out = {
         "format": RESULTS_FORMAT, "format_version": 1,
