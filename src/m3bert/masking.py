@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from m3bert.errors import ConfigError
+from m3bert.registry import Registry
 
 # ---------------------------------------------------------------------------------------------
 # Configs
@@ -220,19 +221,12 @@ def channel_block(n_channels: int, *, rng: np.random.Generator, max_width: int =
 # ---------------------------------------------------------------------------------------------
 
 MaskFn = Callable[..., "tuple[torch.Tensor, torch.Tensor]"]
-_REGISTRY: dict[str, MaskFn] = {}
+_REGISTRY: Registry = Registry("masking policy")
 
 
 def register_masking(name: str) -> Callable[[MaskFn], MaskFn]:
     """Decorator: register ``fn(frames, lengths, *, rng, cfg: MaskingConfig, spec) -> (x, mask)``."""
-
-    def deco(fn: MaskFn) -> MaskFn:
-        if name in _REGISTRY:
-            raise ConfigError(f"masking policy {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def available_maskings() -> list[str]:

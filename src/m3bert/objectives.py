@@ -30,6 +30,7 @@ from torch import nn
 
 from m3bert.config import from_dict
 from m3bert.errors import ConfigError
+from m3bert.registry import Registry
 from m3bert.masking import MaskingConfig, apply_masking
 from m3bert.models.heads import ReconstructionHead, ReconstructionHeadConfig
 
@@ -59,18 +60,15 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type[Objective]] = {}
+_REGISTRY: Registry = Registry("objective")
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
     """Class decorator: register an :class:`Objective` subclass under ``name``."""
 
     def deco(cls: type[Objective]) -> type[Objective]:
-        if name in _REGISTRY:
-            raise ConfigError(f"objective {name!r} is already registered")
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return _REGISTRY.register(name)(cls)
 
     return deco
 

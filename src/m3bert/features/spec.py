@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from m3bert.errors import ConfigError
+from m3bert.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -86,19 +87,12 @@ class FeatureSpec:
 # Registry
 # ---------------------------------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[..., Any]] = {}
+_REGISTRY: Registry = Registry("feature set")
 
 
 def register_feature_set(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register a factory ``factory(**config) -> FeatureSet`` under ``name``."""
-
-    def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
-        if name in _REGISTRY:
-            raise ConfigError(f"feature set {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def available_feature_sets() -> list[str]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from m3bert.errors import ConfigError
+from m3bert.registry import Registry
 
 
 @dataclass
@@ -37,19 +38,12 @@ class ScheduleConfig:
 
 
 ScheduleFn = Callable[[int, int, float], float]
-_REGISTRY: dict[str, ScheduleFn] = {}
+_REGISTRY: Registry = Registry("schedule")
 
 
 def register_schedule(name: str) -> Callable[[ScheduleFn], ScheduleFn]:
     """Decorator: register ``fn(step, total_steps, warmup_fraction) -> multiplier in [0, 1]``."""
-
-    def deco(fn: ScheduleFn) -> ScheduleFn:
-        if name in _REGISTRY:
-            raise ConfigError(f"schedule {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def available_schedules() -> list[str]:
