@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo install system-deps bench clean
+.PHONY: test lint demo install system-deps perf clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,17 +21,23 @@ install: $(STAMP)
 system-deps:
 	@bash scripts/system-deps.sh || true
 
-test: install system-deps
+test: install system-deps lint
 	$(PY) -m pytest -q
+
+# The layering of docs/ARCHITECTURE.md (imports point down; contract in pyproject.toml) and
+# pyflakes-level checks (unused / undefined names).
+lint: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check --select F src
 
 demo: install system-deps
 	$(VENV)/bin/m3bert demo --out demo_out
 
-bench: install
-	$(PY) bench/features.py
-	$(PY) bench/pretrain.py
-	$(PY) bench/embed.py
-	$(PY) bench/probes.py
+perf: install
+	$(PY) perf/features.py
+	$(PY) perf/pretrain.py
+	$(PY) perf/embed.py
+	$(PY) perf/probes.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

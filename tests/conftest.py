@@ -34,7 +34,7 @@ def make_test_signal(seconds: float, sample_rate: int = 44100, seed: int = 0) ->
 def tiny_corpus(tmp_path_factory):
     """The ``tiny`` built-in corpus, built once per test session (numpy fallback renderer
     unless M3BERT_TEST_RENDERER says otherwise)."""
-    from m3bert.corpus.builtin import build_corpus
+    from m3bert.corpus.build import build_corpus
 
     out = tmp_path_factory.mktemp("tiny_corpus")
     renderer = os.environ.get("M3BERT_TEST_RENDERER", "auto")

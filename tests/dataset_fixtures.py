@@ -56,7 +56,7 @@ def make_gtzan(root: Path, *, layout: str = "marsyas", ext: str = ".wav") -> Pat
     """All 930 files of the fault-filtered lists (plus a few outside them and a stray non-audio
     file) as ``genres/<genre>/<genre>.NNNNN.wav`` (marsyas) or ``Data/genres_original/...``
     (kaggle, with the images folder and feature CSVs next to it). Returns the genre folder."""
-    from m3bert.bench.datasets.gtzan import split_lists
+    from m3bert.tasks.datasets.gtzan import split_lists
 
     genre_dir = root / "genres" if layout == "marsyas" else root / "Data" / "genres_original"
     for entries in split_lists().values():
@@ -136,7 +136,7 @@ MTT_CLIPS = [
 
 def make_mtt(root: Path) -> Path:
     """``annotations_final.csv`` (190 quoted tab-separated columns, CRLF) and ``mp3/<0-f>/``."""
-    from m3bert.bench.datasets.mtt import TOP50
+    from m3bert.tasks.datasets.mtt import TOP50
 
     tags = list(TOP50[::-1]) + [f"other tag {i}" for i in range(188 - len(TOP50))]  # not in frequency order
     header = ["clip_id"] + tags + ["mp3_path"]
@@ -224,7 +224,7 @@ def make_extended_ballroom(root: Path, *, songs_per_genre: int = 3) -> dict[str,
     """``extendedballroom_v1.1.xml`` with every genre element, ``<version>``/``<exact>`` links,
     and ``<Genre>/<id>.mp3`` audio (the Waltz folder uses the ``<Genre>.<id>.mp3`` variant).
     Returns song id -> (genre, id of the song it is linked to or None)."""
-    from m3bert.bench.datasets.ballroom import GENRES13
+    from m3bert.tasks.datasets.ballroom import GENRES13
 
     songs: dict[str, tuple[str, str | None]] = {}
     parts = ["<?xml version='1.0' encoding='utf-8'?>", "<ballroom>"]
@@ -284,7 +284,7 @@ NSYNTH_NOTES = {
 
 
 def nsynth_entry(note_str: str) -> dict:
-    from m3bert.bench.datasets.nsynth import FAMILIES
+    from m3bert.tasks.datasets.nsynth import FAMILIES
 
     inst, pitch, vel = note_str.rsplit("-", 2)
     family = next(f for f in sorted(FAMILIES, key=len, reverse=True) if inst.startswith(f + "_"))
@@ -448,7 +448,7 @@ IRMAS_TEST = [
 def make_irmas(root: Path) -> Path:
     """``IRMAS-TrainingData/<code>/`` (all 11 folders, some empty) and three testing parts with
     their inconsistent inner folder names and tab-trailed label files."""
-    from m3bert.bench.datasets.irmas import INSTRUMENTS
+    from m3bert.tasks.datasets.irmas import INSTRUMENTS
 
     for code in INSTRUMENTS:
         (root / "IRMAS-TrainingData" / code).mkdir(parents=True, exist_ok=True)

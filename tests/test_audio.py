@@ -9,7 +9,7 @@ import soundfile as sf
 from conftest import make_test_signal
 from m3bert.audio import (AUDIO_EXTENSIONS, chunk_spans, find_audio_files, load_audio, resample,
                           validate_waveform)
-from m3bert.errors import AudioError
+from m3bert.core.errors import AudioError
 
 SR = 44100
 

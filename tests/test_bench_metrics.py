@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from m3bert.bench import metrics as M
-from m3bert.errors import ConfigError, DataError
+from m3bert.core.errors import ConfigError, DataError
+from m3bert.tasks import metrics as M
 
 KEYS = ["C major", "G major", "A minor", "C minor"]
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from m3bert.bench import metrics as M
-from m3bert.bench.probes import (ProbeConfig, fit_chance, fit_grid, get_protocol, grid_configs, run_probe,
-                                 standardize_stats)
-from m3bert.errors import ConfigError, DataError
+from m3bert.core.errors import ConfigError, DataError
+from m3bert.core.numeric import standardisation
+from m3bert.evaluate.probe_grid import STD_FLOOR, ProbeConfig, fit_grid, grid_configs, init_params
+from m3bert.evaluate.probes import fit_chance, get_protocol, run_probe
+from m3bert.tasks import metrics as M
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +43,6 @@ def test_grid_probe_equals_plain_torch_adam_training(rng):
     fit = fit_grid(x, y, label_type="multiclass", n_outputs=3, config=cfg, seed=3)
     g = fit.configs.index((1, 1e-2))
     # replay: same init (from a 1-probe grid of that config), same batches, torch's own modules
-    from m3bert.bench.probes import init_params
-
     p0 = init_params([(1, 1e-2)], n_layers=3, n_in=8, n_out=3, hidden=(32,), seed=3)
     net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
     with torch.no_grad():
@@ -52,7 +51,7 @@ def test_grid_probe_equals_plain_torch_adam_training(rng):
         net[2].weight.copy_(p0["W"][1][0].T)
         net[2].bias.copy_(p0["b"][1][0, 0])
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    mu, sd = standardize_stats(x)
+    mu, sd = standardisation(x, rel_min_std=STD_FLOOR)
     xs = torch.from_numpy((x - mu) / sd)[:, 1]
     yt = torch.from_numpy(y)
     order = torch.Generator().manual_seed(3)

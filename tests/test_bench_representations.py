@@ -6,17 +6,29 @@ import json
 import sys
 import textwrap
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import make_test_signal
-from m3bert.bench.baselines import MfccBaseline, get_baseline
-from m3bert.bench.representations import (EmbeddingsDirRepresentation, HearRepresentation, mean_std_over,
-                                          slice_waveform)
-from m3bert.bench.tasks import Clip
-from m3bert.errors import AudioError, ConfigError, DataError
+
+from m3bert.app.cli import main
+from m3bert.audio import load_audio
+from m3bert.core.errors import AudioError, ConfigError, DataError
+from m3bert.embed import load_model
+from m3bert.evaluate import runner
+from m3bert.evaluate.baselines import MfccBaseline, get_baseline
+from m3bert.evaluate.representations import (
+    EmbeddingsDirRepresentation,
+    HearRepresentation,
+    ModelRepresentation,
+    mean_std_over,
+    slice_waveform,
+)
+from m3bert.evaluate.runner import run_benchmark
+from m3bert.features.memo import FeatureMemo
+from m3bert.tasks.registry import Clip, Task, TaskData
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +48,6 @@ def wav(tmp_path):
 
 
 def test_mfcc_baseline_is_kims_120d_statistics(wav):
-    import librosa
-
     clip = Clip("c", wav, 0, "train", "g", start=1.0, end=4.0)
     got = MfccBaseline().embed_clip(clip)
     assert got.shape == (1, 120)
@@ -101,13 +111,11 @@ def test_hear_module_is_imported_and_used(tmp_path, monkeypatch, wav):
 
 
 def test_unknown_baseline_is_a_clear_error():
-    with pytest.raises(ConfigError, match="available"):
+    with pytest.raises(ConfigError, match=r"unknown baseline 'vggish'; registered: \['chance', 'mfcc', 'random', 'raw'\]"):
         get_baseline("vggish")
 
 
 def test_cli_bench_on_the_tiny_corpus(tiny_corpus, tmp_path, capsys):
-    from m3bert.cli import main
-
     out = tmp_path / "report"
     rc = main(["bench", "--baseline", "mfcc", "--baseline", "chance", "--task", f"builtin-dance:{tiny_corpus}",
                "--protocol", "marble", "--seeds", "2", "--max-epochs", "8", "--report", str(out), "--quiet",
@@ -135,9 +143,6 @@ def test_cli_bench_on_the_tiny_corpus(tiny_corpus, tmp_path, capsys):
 
 
 def test_model_representation_all_layers_both_poolings_and_failures(wav):
-    from m3bert.bench.representations import ModelRepresentation
-    from m3bert.embed import load_model
-
     emb = load_model("random:m2bert-tiny")
     rep = ModelRepresentation("random:m2bert-tiny", embedder=emb)
     clips = [Clip("a", wav, 0, "train", "g", start=0.5, end=3.5), Clip("b", wav.parent / "gone.wav", 1, "train", "h"),
@@ -148,8 +153,6 @@ def test_model_representation_all_layers_both_poolings_and_failures(wav):
     assert got.shape == (3, L, D) and rep.layer_names[0] == "input" and len(rep.layer_names) == L
     assert failed == ["b"] and np.isnan(got[1]).all() and np.isfinite(got[[0, 2]]).all()
     # the clip's time range is what gets embedded: same as embedding that stretch directly
-    from m3bert.audio import load_audio
-
     ref = emb.embed(load_audio(wav, sample_rate=emb.sample_rate, offset=0.5, duration=3.0),
                     sample_rate=emb.sample_rate, layers="all")
     np.testing.assert_allclose(got[0], ref, rtol=1e-4, atol=1e-5)
@@ -157,3 +160,32 @@ def test_model_representation_all_layers_both_poolings_and_failures(wav):
     assert kim.shape == (1, L, 2 * D)
     with pytest.raises(AudioError, match="gone.wav"):
         rep.embed_clips(clips)
+
+
+def test_benchmark_models_share_input_features_for_the_run_only(wav, monkeypatch):
+    """run_benchmark lends its model representations one FeatureMemo: the second model over the same
+    clips gets every clip's input features from it; after the run no model keeps it."""
+    memos = []
+
+    class Recorded(FeatureMemo):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            memos.append(self)
+
+    monkeypatch.setattr(runner, "FeatureMemo", Recorded)
+    clips = [Clip(f"c{i}", wav, i % 2, ["train", "train", "valid", "test"][i % 4], f"g{i}", start=0.4 * i, end=0.4 * i + 1.0)
+             for i in range(12)]
+    data = TaskData("two-tones", "multiclass", ["a", "b"], clips)
+    task = Task("two-tones", "multiclass", "acoustic", ["accuracy"], loader=lambda root, **kw: data)
+    a = ModelRepresentation("random:m2bert-tiny:1", name="a")
+    b = ModelRepresentation("random:m2bert-tiny:2", name="b")
+    run_benchmark([a, b], [(task, data.validate())], seeds=1, progress=False,
+                  probe_overrides={"hidden": (8,), "lrs": (1e-2,), "layers": "last", "max_epochs": 2})
+    assert len(memos) == 1 and (memos[0].misses, memos[0].hits) == (12, 12)
+    assert a.embedder.feature_memo is None and b.embedder.feature_memo is None
+    # a model with a memo of its own keeps using it
+    own = FeatureMemo(1 << 20)
+    c = ModelRepresentation("random:m2bert-tiny:1", name="c", feature_memo=own)
+    with c.sharing_input_features(FeatureMemo()):
+        assert c.embedder.feature_memo is own
+    assert c.embedder.feature_memo is own

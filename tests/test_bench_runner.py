@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from m3bert.bench.cache import FeatureCache
-from m3bert.bench.report import Figure, Section, Table, write_report
-from m3bert.bench.representations import Representation
-from m3bert.bench.runner import run_benchmark
-from m3bert.bench.tasks import Clip, Task, TaskData
-from m3bert.errors import AudioError, DataError
+from m3bert.core.errors import AudioError, DataError
+from m3bert.evaluate.baselines import ChanceBaseline
+from m3bert.evaluate.cache import FeatureCache
+from m3bert.evaluate.report import Figure, Section, Table
+from m3bert.evaluate.representations import Representation
+from m3bert.evaluate.runner import run_benchmark
+from m3bert.tasks.registry import Clip, Task, TaskData
 
 FAST = {"hidden": (16,), "lrs": (1e-3, 1e-2), "max_epochs": 12, "early_stop_patience": 4, "lr_plateau_patience": 2,
         "bf16": False}
@@ -74,15 +75,12 @@ def synthetic_task(n=90, n_classes=3, name="synth-genre", label_type="multiclass
 
 
 def test_benchmark_report_numbers_come_from_results_json(tmp_path):
-    reps = [FakeRep("strong", 1.0), FakeRep("weak", 0.0)]
-    from m3bert.bench.baselines import ChanceBaseline
-
-    reps.append(ChanceBaseline())
+    reps = [FakeRep("strong", 1.0), FakeRep("weak", 0.0), ChanceBaseline()]
     tasks = [synthetic_task(), synthetic_task(name="synth-tags", label_type="multilabel", taxonomy="acoustic")]
     extra = Section("Masking ablation", text="A demo section.", table=Table(["policy", "accuracy"], [["CFM", 0.61234]]),
                     figures=[Figure("a plot", b"\x89PNG fake")])
-    res = run_benchmark(reps, tasks, protocol="marble", seeds=2, out_dir=tmp_path / "rep", cache_dir=tmp_path / "cache",
-                        progress=False, probe_overrides=FAST, sections=[extra])
+    run_benchmark(reps, tasks, protocol="marble", seeds=2, out_dir=tmp_path / "rep", cache_dir=tmp_path / "cache",
+                  progress=False, probe_overrides=FAST, sections=[extra])
     out = tmp_path / "rep"
     for f in ("results.json", "report.md", "report.html"):
         assert (out / f).is_file()

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from m3bert.bench.tasks import SPLITS, load_task
+from m3bert.tasks.registry import SPLITS, load_task
 from m3bert.corpus import scores as sc
-from m3bert.corpus.builtin import (MELODY_PROGRAMS, CorpusPreset, build_corpus, corpus_info, plan_corpus,
-                                   read_metadata)
+from m3bert.corpus import CorpusPreset, build_corpus, corpus_info, plan_corpus, read_metadata
+from m3bert.corpus.layout import MELODY_PROGRAMS
 from m3bert.corpus.render import Note, Track, get_renderer
-from m3bert.corpus.tasks import TASK_LABELS
-from m3bert.errors import DataError
+from m3bert.tasks.builtin import TASK_LABELS
+from m3bert.core.errors import DataError
 
 
 def _rows(root):
@@ -203,7 +203,7 @@ def test_numpy_timbres_are_distinct():
 
 
 def test_cli_info(tiny_corpus, capsys):
-    from m3bert.cli import main
+    from m3bert.app.cli import main
 
     assert main(["corpus", "info", str(tiny_corpus)]) == 0
     out = capsys.readouterr().out

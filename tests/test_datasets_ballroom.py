@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dataset_fixtures import make_extended_ballroom
-from m3bert.bench.datasets.ballroom import GENRES9, GENRES13, load_ballroom
-from m3bert.bench.tasks import get_task, load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.ballroom import GENRES9, GENRES13, load_ballroom
+from m3bert.tasks.registry import get_task, load_task
+from m3bert.core.errors import DataError
 
 
 def test_ballroom13(tmp_path):

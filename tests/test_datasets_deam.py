@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from dataset_fixtures import DEAM_LONG, DEAM_SHORT, deam_targets, make_deam
-from m3bert.bench.datasets._common import chunk_spans, split_groups
-from m3bert.bench.datasets.deam import load_deam_va
-from m3bert.bench.tasks import get_task, load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets._common import chunk_spans, split_groups
+from m3bert.tasks.datasets.deam import load_deam_va
+from m3bert.tasks.registry import get_task, load_task
+from m3bert.core.errors import DataError
 
 
 def test_chunk_spans_rule():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from dataset_fixtures import EMOMUSIC_SONGS, make_emomusic
-from m3bert.bench.datasets.emomusic import load_emomusic_va, normalise_artist
-from m3bert.bench.tasks import load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.emomusic import load_emomusic_va, normalise_artist
+from m3bert.tasks.registry import load_task
+from m3bert.core.errors import DataError
 
 
 def test_normalise_artist():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dataset_fixtures import FMA_TRACKS, make_fma
-from m3bert.bench.datasets.fma import audio_rel, load_fma_genre
-from m3bert.bench.tasks import load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.fma import audio_rel, load_fma_genre
+from m3bert.tasks.registry import load_task
+from m3bert.core.errors import DataError
 
 SPLIT = {"training": "train", "validation": "valid", "test": "test"}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dataset_fixtures import GS_KEYS, make_giantsteps
-from m3bert.bench.datasets.giantsteps import KEYS, load_giantsteps_key, parse_key
-from m3bert.bench.tasks import get_task, load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.giantsteps import KEYS, load_giantsteps_key, parse_key
+from m3bert.tasks.registry import get_task, load_task
+from m3bert.core.errors import DataError
 
 
 def test_parse_key():

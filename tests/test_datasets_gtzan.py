@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from dataset_fixtures import make_gtzan
-from m3bert.bench.datasets.gtzan import GENRES, load_gtzan_genre, split_lists
-from m3bert.bench.tasks import get_task, load_task
-from m3bert.errors import ConfigError, DataError
+from m3bert.tasks.datasets.gtzan import GENRES, load_gtzan_genre, split_lists
+from m3bert.tasks.registry import get_task, load_task
+from m3bert.core.errors import ConfigError, DataError
 
 # per-split per-genre counts of the published lists (DATASETS.md section 1, computed from dnn-mgr)
 EXPECTED = {

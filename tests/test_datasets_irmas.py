@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from dataset_fixtures import IRMAS_TRAIN, make_irmas
-from m3bert.bench.datasets.irmas import INSTRUMENTS, load_irmas_instrument
-from m3bert.bench.tasks import load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.irmas import INSTRUMENTS, load_irmas_instrument
+from m3bert.tasks.registry import load_task
+from m3bert.core.errors import DataError
 
 
 def test_irmas_load(tmp_path):

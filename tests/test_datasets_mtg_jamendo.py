@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dataset_fixtures import MTG_ROWS, make_mtg_jamendo, mtg_path
-from m3bert.bench.datasets.mtg_jamendo import load_mtg
-from m3bert.bench.tasks import get_task, load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.mtg_jamendo import load_mtg
+from m3bert.tasks.registry import get_task, load_task
+from m3bert.core.errors import DataError
 
 
 def test_mtg_moodtheme(tmp_path):

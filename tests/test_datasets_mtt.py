@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dataset_fixtures import MTT_CLIPS, make_mtt
-from m3bert.bench.datasets.mtt import TOP50, load_mtt_top50, song_of
-from m3bert.bench.tasks import load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.mtt import TOP50, load_mtt_top50, song_of
+from m3bert.tasks.registry import load_task
+from m3bert.core.errors import DataError
 
 
 def test_top50_list():

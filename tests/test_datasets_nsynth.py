@@ -7,9 +7,9 @@ import json
 import pytest
 
 from dataset_fixtures import NSYNTH_NOTES, make_nsynth
-from m3bert.bench.datasets.nsynth import FAMILIES, load_nsynth
-from m3bert.bench.tasks import get_task, load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.nsynth import FAMILIES, load_nsynth
+from m3bert.tasks.registry import get_task, load_task
+from m3bert.core.errors import DataError
 
 
 def test_nsynth_family_and_pitch(tmp_path):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dataset_fixtures import OPENMIC_CLASSES, OPENMIC_LABELS, OPENMIC_TEST, make_openmic
-from m3bert.bench.datasets.openmic import load_openmic_instrument
-from m3bert.bench.tasks import load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.openmic import load_openmic_instrument
+from m3bert.tasks.registry import load_task
+from m3bert.core.errors import DataError
 
 
 @pytest.mark.parametrize("readme_names", [False, True])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 
-from m3bert.bench.metrics import get_metric
-from m3bert.bench.tasks import available_tasks, get_task
+from m3bert.tasks.metrics import get_metric
+from m3bert.tasks.registry import available_tasks, get_task
 
 EXPECTED = {  # name: (label type, MARBLE taxonomy level, primary metric)
     "gtzan-genre": ("multiclass", "high-level", "accuracy"),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dataset_fixtures import RWC_FILES, make_rwc
-from m3bert.bench.datasets.rwc import default_group, load_rwc_instrument
-from m3bert.bench.tasks import load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.rwc import default_group, load_rwc_instrument
+from m3bert.tasks.registry import load_task
+from m3bert.core.errors import DataError
 
 
 def test_rwc_default_split_and_groups(tmp_path):

@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from dataset_fixtures import VOCALSET_SINGERS, make_vocalset
-from m3bert.bench.datasets.vocalset import TECHNIQUES10, load_vocalset
-from m3bert.bench.tasks import get_task, load_task
-from m3bert.errors import DataError
+from m3bert.tasks.datasets.vocalset import TECHNIQUES10, load_vocalset
+from m3bert.tasks.registry import get_task, load_task
+from m3bert.core.errors import DataError
 
 
 def test_vocalset_technique(tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from m3bert.demo import DemoConfig, demo_config, run_demo
+from m3bert.app.demo import DemoConfig, demo_config, run_demo
+from m3bert.app.demo_report import score_of
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +47,11 @@ def test_report_numbers_come_from_results(demo_run):
     assert on_disk["results"] == json.loads(json.dumps(results["results"]))
     md = (out / "report.md").read_text()
     # every M2BERT-vs-M3BERT cell in the report is the rounded mean of results.json
-    from m3bert.demo import _score
-
     section = md.split("M2BERT vs M3BERT")[1]
     for row in section.splitlines():
         m = re.match(r"\| (builtin-\w+) \| (enrichment|held out) \| ([-\d.]+)", row)
         if m:
-            assert float(m.group(3)) == pytest.approx(_score(results, "M2BERT", m.group(1))["mean"], abs=6e-4)
+            assert float(m.group(3)) == pytest.approx(score_of(results, "M2BERT", m.group(1))["mean"], abs=6e-4)
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html  # plots are embedded
 
@@ -84,7 +83,7 @@ def test_rerun_reuses_every_stage(demo_run, tiny_corpus):
 
 
 def test_bad_demo_config_is_refused():
-    from m3bert.errors import ConfigError
+    from m3bert.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="masking"):
         DemoConfig(masking="cfm+xyz")

@@ -17,13 +17,13 @@ from m3bert.embed import (
     load_model,
     parse_layers,
     pool_frames,
-    resolve_model_dir,
     window_owners,
     window_starts,
 )
-from m3bert.errors import AudioError, CheckpointError, ConfigError
+from m3bert.core.errors import AudioError, CheckpointError, ConfigError
 from m3bert.features import get_feature_set
 from m3bert.models import create_model
+from m3bert.models.hub import resolve_model_dir
 
 SR = 44100
 
@@ -344,16 +344,22 @@ def test_embedder_leaves_a_training_encoder_as_it_was(tiny, clips):
 
 def test_feature_memo_is_exact_and_shared_between_models():
     """Two models over the same audio extract its features once; results equal a memo-less run."""
-    from m3bert.embed import FEATURE_MEMO, load_model
+    from m3bert.features.memo import FeatureMemo  # (kept inside: the import block above is shared)
 
     x = make_test_signal(3.0, seed=7)
-    a, b = load_model("random:m2bert-tiny:1"), load_model("random:m2bert-tiny:2")
-    with FEATURE_MEMO.sharing(64 << 20):
-        hits = FEATURE_MEMO.hits
-        ea = a.embed(x, sample_rate=44100, layers="all")
-        eb = b.embed(x, sample_rate=44100, layers="all")
-        assert FEATURE_MEMO.hits == hits + 1
-    assert not FEATURE_MEMO._items and FEATURE_MEMO.max_bytes == 0  # off again: memory stays flat
-    np.testing.assert_array_equal(a.embed(x, sample_rate=44100, layers="all"), ea)
-    np.testing.assert_array_equal(b.embed(x, sample_rate=44100, layers="all"), eb)
-    assert not FEATURE_MEMO._items
+    memo = FeatureMemo(64 << 20)
+    a = load_model("random:m2bert-tiny:1", feature_memo=memo)
+    b = Embedder(load_model("random:m2bert-tiny:2").encoder, feature_memo=memo)
+    ea = a.embed(x, sample_rate=44100, layers="all")
+    eb = b.embed(x, sample_rate=44100, layers="all")
+    assert (memo.hits, memo.misses) == (1, 1) and len(memo._items) == 1  # the second model hit the first's features
+    # without a memo nothing is kept (memory stays flat), and the numbers are the same
+    plain_a, plain_b = load_model("random:m2bert-tiny:1"), load_model("random:m2bert-tiny:2")
+    assert plain_a.feature_memo is None and plain_b.feature_memo is None
+    np.testing.assert_array_equal(plain_a.embed(x, sample_rate=44100, layers="all"), ea)
+    np.testing.assert_array_equal(plain_b.embed(x, sample_rate=44100, layers="all"), eb)
+    assert (memo.hits, memo.misses) == (1, 1) and len(memo._items) == 1  # untouched by memo-less models
+    off = FeatureMemo(0)  # a zero-size memo keeps nothing either
+    np.testing.assert_array_equal(load_model("random:m2bert-tiny:1", feature_memo=off).embed(
+        x, sample_rate=44100, layers="all"), ea)
+    assert not off._items and off.hits == 0

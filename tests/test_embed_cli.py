@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import make_test_signal
-from m3bert.cli import main
+
+from m3bert.app.cli import main
 from m3bert.embed import load_model
 from m3bert.features import get_feature_set
 from m3bert.models import create_model

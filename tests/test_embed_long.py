@@ -98,7 +98,7 @@ def test_stitched_frames_come_from_the_most_central_window(fs):
 def test_window_settings_are_validated(fs):
     enc = create_model("m2bert-tiny", seed=0)
     enc.feature_set = fs.to_dict()
-    from m3bert.errors import ConfigError
+    from m3bert.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_frames"):
         Embedder(enc, feature_set=fs, window_frames=2000)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from m3bert.errors import CheckpointError, ConfigError
+from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.models import Encoder, create_model, get_model_config
 from m3bert.models.heads import ReconstructionHead
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from m3bert.cli import main
-from m3bert.commands.export import export_model
+from m3bert.app.cli import main
+from m3bert.app.commands.export import export_model
 from m3bert.embed import load_model
-from m3bert.errors import CheckpointError
+from m3bert.core.errors import CheckpointError
 from m3bert.features import get_feature_set
 from m3bert.models import EnrichmentConfig, create_model
 

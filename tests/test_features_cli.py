@@ -6,7 +6,7 @@ import numpy as np
 import soundfile as sf
 
 from conftest import make_test_signal
-from m3bert.cli import main
+from m3bert.app.cli import main
 from m3bert.features.store import FeatureStore
 
 
@@ -38,7 +38,7 @@ def test_features_command(tmp_path, capsys):
     assert rc == 1 and "refusing to add" in capsys.readouterr().err
 
     rc = main(["features", str(music), "--out", str(tmp_path / "s2"), "--set", "n_mel=64"])
-    assert rc == 1 and "unknown option" in capsys.readouterr().err
+    assert rc == 1 and "unknown key 'n_mel'" in capsys.readouterr().err
 
     rc = main(["features", str(music), "--out", str(tmp_path / "s3"), "--strict", "--quiet", "--max-seconds", "2"])
     assert rc == 1 and "broken.mp3" in capsys.readouterr().err

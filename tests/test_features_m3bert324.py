@@ -7,7 +7,7 @@ import pytest
 
 from conftest import make_test_signal
 from m3bert.audio import resample
-from m3bert.errors import AudioError, ConfigError
+from m3bert.core.errors import AudioError, ConfigError
 from m3bert.features import feature_set_from_dict, get_feature_set
 
 SR = 44100

@@ -10,7 +10,7 @@ import torch
 
 import m3bert
 import m3bert.hear as hear
-from m3bert.errors import AudioError
+from m3bert.core.errors import AudioError
 from test_embed import cache_features
 
 

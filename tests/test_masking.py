@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from m3bert.errors import ConfigError
+from m3bert.core.errors import ConfigError
 from m3bert.features.spec import FeatureSpec
-from m3bert.masking import (
+from m3bert.pretrain.masking import (
     CCMConfig,
     CFMConfig,
     MaskingConfig,

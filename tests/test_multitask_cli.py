@@ -1,15 +1,22 @@
-"""`m3bert finetune` end to end on the tiny built-in corpus: a frozen run over four tasks of
-mixed types (multiclass, multilabel, regression), export, and what the exported model is."""
+"""`m3bert enrich` (here through its alias `m3bert finetune`) end to end on the tiny built-in corpus:
+a frozen run over four tasks of mixed types (multiclass, multilabel, regression), export, and what
+the exported model is."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from m3bert.cli import main
+import m3bert.enrich as mt
+from m3bert.app.cli import COMMANDS, main
+from m3bert.app.commands import enrich as enrich_command
+from m3bert.embed import load_model
+from m3bert.enrich.heads import load_heads
+from m3bert.features import get_feature_set
 from m3bert.models.encoder import Encoder, create_model
 
 TASKS = ("builtin-dance", "builtin-key", "builtin-tags", "builtin-tempo")
@@ -27,8 +34,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A (randomly initialised) tiny M2BERT saved as a model directory, standing in for a pre-training run."""
-    from m3bert.features import get_feature_set
-
     enc = create_model("m2bert-tiny", seed=11)
     enc.feature_set = get_feature_set("m3bert324").to_dict()
     return enc.save_pretrained(tmp_path_factory.mktemp("m2bert") / "model")
@@ -46,7 +51,7 @@ def run_dir(tiny_corpus, pretrained, tmp_path_factory):
 
 def test_frozen_multitask_run_from_cli(run_dir, pretrained, capsys):
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["kind"] == "multitask" and run["config"]["scenario"] == "frozen"
+    assert run["kind"] == "enrich" and run["config"]["scenario"] == "frozen"
     assert {t["label_type"] for t in run["tasks"]} == {"multiclass", "multilabel", "regression"}
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [x for x in lines if x["event"] == "epoch"]
@@ -78,10 +83,6 @@ def test_frozen_multitask_run_from_cli(run_dir, pretrained, capsys):
 
 
 def test_exported_model_is_m3bert(run_dir, tiny_corpus, tmp_path):
-    from m3bert.embed import load_model
-    from m3bert.models.multitask import load_heads
-    from m3bert.train import multitask as mt
-
     model_dir = tmp_path / "m3bert"
     assert main(["export", str(run_dir), "--out", str(model_dir)]) == 0
     model = Encoder.from_pretrained(model_dir).eval()
@@ -114,3 +115,13 @@ def test_finetune_cli_refuses_bad_requests(run_dir, pretrained, tiny_corpus, cap
     assert "exists with a different" in capsys.readouterr().err
     assert main(["finetune", "--model", str(pretrained), "--out", str(run_dir)]) == 1
     assert main(["finetune", "--resume", str(run_dir), "--epochs", "2"]) == 1
+
+
+def test_enrich_command_module_and_finetune_alias(run_dir, capsys):
+    """``m3bert enrich`` is the command module; ``finetune`` is the same command under its earlier name."""
+    assert COMMANDS["finetune"] is enrich_command and COMMANDS["enrich"] is enrich_command
+    parser = argparse.ArgumentParser()
+    enrich_command.add_arguments(parser)
+    capsys.readouterr()
+    assert enrich_command.run(parser.parse_args(["--resume", str(run_dir), "--no-progress"])) == 0
+    assert "enrich run" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Multi-task enrichment on synthetic tasks: partial labels, weighting, sampling, bad input, resume.
+"""Multi-task enrichment (``m3bert.enrich``) on synthetic tasks: partial labels, weighting, sampling,
+bad input, resume.
 
 Audio is a few seconds of seeded synthetic signal per clip; the encoder is the tiny random
 config, so every test here runs in seconds on two cores.
@@ -15,24 +16,34 @@ import pytest
 import soundfile as sf
 import torch
 
-from m3bert.bench.tasks import Clip, TaskData
-from m3bert.errors import ConfigError, DataError
-from m3bert.models.multitask import (
-    EqualWeighting,
+import m3bert.enrich as mt
+from m3bert.core.errors import ConfigError, DataError
+from m3bert.core.registry import Registry
+from m3bert.enrich.config import upgrade_config_dict
+from m3bert.enrich.heads import (
     HeadConfig,
     MultiTaskHeads,
-    ReweightWeighting,
     TaskInfo,
-    UncertaintyWeighting,
-    WeightingConfig,
     load_heads,
     multilabel_loss,
-    pool_windows,
-    reciprocal_loss_weights,
     save_heads,
+    task_weighting,
+)
+from m3bert.models.encoder import Encoder
+from m3bert.models.hub import load_encoder
+from m3bert.tasks.registry import Clip, TaskData
+from m3bert.train.optim import OptimConfig
+from m3bert.train.weighting import (
+    WEIGHTINGS,
+    EqualWeighting,
+    ReweightWeighting,
+    UncertaintyWeighting,
+    WeightingConfig,
+    create_weighting,
+    reciprocal_loss_weights,
     uncertainty_weighted_loss,
 )
-from m3bert.train import multitask as mt
+from m3bert.windows import pool_windows
 
 SR = 22050
 
@@ -87,14 +98,12 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_encoder():
-    from m3bert.embed import load_encoder
-
     enc, _ = load_encoder("random:m2bert-tiny:3")
     return enc
 
 
-def small_config(**kw) -> mt.MultitaskConfig:
-    cfg = mt.MultitaskConfig(epochs=2, batch_size=4, eval_batch_size=8, early_stopping=0, seed=5, threads=1)
+def small_config(**kw) -> mt.EnrichConfig:
+    cfg = mt.EnrichConfig(epochs=2, batch_size=4, eval_batch_size=8, early_stopping=0, seed=5, threads=1)
     cfg.enrichment.dim = 32
     for k, v in kw.items():
         setattr(cfg, k, v)
@@ -137,8 +146,7 @@ def test_reweight_is_reciprocal_of_mean_validation_loss():
     assert math.isclose(wn["b"] / wn["a"], 4.0) and math.isclose(wn["c"] / wn["a"], 2.0)
     with pytest.raises(DataError, match="finite and > 0"):
         reciprocal_loss_weights({"a": float("nan")})
-    tasks = [TaskInfo("a", "multiclass", ["x", "y"]), TaskInfo("b", "regression", ["v"])]
-    rw = ReweightWeighting(tasks, WeightingConfig(name="reweight", reweight_normalize=False))
+    rw = ReweightWeighting(["a", "b"], WeightingConfig(name="reweight", reweight_normalize=False), regression=["b"])
     rw.set_from_losses({"a": 4.0, "b": 0.25})
     total, used = rw.combine({"a": torch.tensor(4.0), "b": torch.tensor(0.25)})
     assert used == {"a": 0.25, "b": 4.0} and math.isclose(float(total), 2.0)  # each contributes equally
@@ -147,7 +155,8 @@ def test_reweight_is_reciprocal_of_mean_validation_loss():
 def test_uncertainty_weights_move_the_right_way_and_reach_kendall_optimum():
     tasks = [TaskInfo("cls", "multiclass", ["x", "y"]), TaskInfo("reg", "regression", ["v"]),
              TaskInfo("small", "multiclass", ["x", "y"])]
-    uw = UncertaintyWeighting(tasks, WeightingConfig(name="uncertainty"))
+    uw = task_weighting(tasks, WeightingConfig(name="uncertainty"))  # regression tasks get Kendall's Gaussian form
+    assert isinstance(uw, UncertaintyWeighting) and uw.regression.tolist() == [False, True, False]
     # at s = 0: classification weight 1, regression weight 1/2 (Kendall's two forms)
     assert uw.current_weights() == {"cls": 1.0, "reg": 0.5, "small": 1.0}
     opt = torch.optim.SGD(uw.parameters(), lr=0.1)
@@ -168,6 +177,48 @@ def test_uncertainty_weights_move_the_right_way_and_reach_kendall_optimum():
                                                torch.tensor([False, True]))
     assert torch.allclose(weights, torch.tensor([1.0, 0.25]))
     assert math.isclose(float(total), 1.0 + 0.5 + 0.5 * math.log(2.0), rel_tol=1e-6)
+
+
+def test_weighting_family_is_a_registry_over_loss_names():
+    assert isinstance(WEIGHTINGS, Registry) and sorted(WEIGHTINGS) == ["equal", "reweight", "uncertainty"]
+    eq = create_weighting(["a", "b"], WeightingConfig())  # names only: no task objects needed (pre-training can reuse it)
+    assert isinstance(eq, EqualWeighting) and eq.task_names == ["a", "b"]
+    total, used = eq.combine({"b": torch.tensor(2.0)})
+    assert float(total) == 2.0 and used == {"b": 1.0}
+    with pytest.raises(DataError, match="no task has a label"):
+        eq.combine({})
+    with pytest.raises(ConfigError, match="unknown loss weighting 'gradnorm'"):
+        create_weighting(["a"], WeightingConfig(name="gradnorm"))
+    with pytest.raises(ConfigError, match="already registered"):
+        WEIGHTINGS.add("equal", EqualWeighting)
+    with pytest.raises(ConfigError, match="not among"):
+        create_weighting(["a"], WeightingConfig(name="uncertainty"), regression=["b"])
+    with pytest.raises(ConfigError, match="unique"):
+        create_weighting(["a", "a"], WeightingConfig())
+
+
+def test_config_loads_with_enrich_defaults_and_upgrades_legacy(tmp_path):
+    default = mt.EnrichConfig()
+    assert isinstance(default.optim, OptimConfig) and (default.optim.lr, default.optim.fused) == (1e-3, False)
+    assert mt.load_config("configs/multitask.yaml") == default
+    # a partial optim section keeps enrich's own defaults (lr 1e-3, the non-fused kernel)
+    (tmp_path / "c.yaml").write_text("optim:\n  weight_decay: 0.1\nencoder_lr_scale: 0.5\n")
+    cfg = mt.load_config(tmp_path / "c.yaml")
+    assert (cfg.optim.lr, cfg.optim.fused, cfg.optim.weight_decay, cfg.encoder_lr_scale) == (1e-3, False, 0.1, 0.5)
+    # overrides: CLI strings or a mapping of dotted keys, the same config either way
+    as_strings = mt.load_config("configs/multitask-demo.yaml", ["optim.lr=0.02", "weighting.name=reweight", "epochs=4"])
+    as_dict = mt.load_config("configs/multitask-demo.yaml", {"optim.lr": 0.02, "weighting.name": "reweight", "epochs": 4})
+    assert as_strings == as_dict and as_dict.optim.lr == 0.02 and as_dict.sampling == "temperature:2"
+    with pytest.raises(ConfigError, match="unknown key"):
+        mt.load_config(None, {"optim.finetune_encoder_lr_scale": 0.5})
+    with pytest.raises(ConfigError, match="encoder_lr_scale"):
+        mt.EnrichConfig(encoder_lr_scale=0.0)
+    # a config stored by the stage's earlier 'multitask' form
+    legacy = default.to_dict()
+    legacy["optim"]["finetune_encoder_lr_scale"] = legacy.pop("encoder_lr_scale")
+    del legacy["optim"]["fused"]
+    assert upgrade_config_dict(legacy) == default.to_dict() and mt.EnrichConfig.from_dict(legacy) == default
+    assert type(mt.EnrichConfig.from_dict(legacy).optim) is OptimConfig  # the one optimiser config
 
 
 def test_sampling_shares_match_the_scheme():
@@ -310,7 +361,7 @@ def test_bad_input_is_refused_before_training(audio_dir, base_encoder, cache_dir
     with pytest.raises(ConfigError, match="given more than once"):
         run([tasks[0], tasks[0]])
     with pytest.raises(ConfigError, match="scenario"):
-        mt.MultitaskConfig(scenario="supervised")
+        mt.EnrichConfig(scenario="supervised")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,13 +373,14 @@ def test_heads_round_trip(tmp_path):
     tasks = [TaskInfo("a", "multiclass", ["x", "y"], ["accuracy"]),
              TaskInfo("b", "regression", ["v"], ["r2"], target_mean=[1.0], target_std=[2.0])]
     heads = MultiTaskHeads(8, tasks, HeadConfig(hidden=4))
-    uw = UncertaintyWeighting(tasks, WeightingConfig(name="uncertainty", uncertainty_init=0.3))
+    uw = UncertaintyWeighting(["a", "b"], WeightingConfig(name="uncertainty", uncertainty_init=0.3), regression=["b"])
     save_heads(tmp_path, heads, uw)
     h2, w2 = load_heads(tmp_path)
     assert h2.tasks["b"].target_std == [2.0]
     for (k, v), (k2, v2) in zip(heads.state_dict().items(), h2.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     assert torch.equal(uw.log_vars, w2.log_vars)
+    assert torch.equal(uw.regression, w2.regression)  # rebuilt from the tasks' label types
 
 
 @pytest.mark.parametrize("scenario,weighting", [("finetune", "reweight"), ("frozen", "uncertainty")])
@@ -337,20 +389,20 @@ def test_resume_is_exact(audio_dir, base_encoder, cache_dir, tmp_path, scenario,
     cfg.weighting.name = weighting
     cfg.weighting.reweight_epochs = 1
     tasks = synthetic_tasks(audio_dir)
-    full = mt.train_multitask(cfg, model=base_encoder, tasks=tasks, out=tmp_path / "full", progress=False,
+    full = mt.train_enrich(cfg, model=base_encoder, tasks=tasks, out=tmp_path / "full", progress=False,
                               cache_dir=cache_dir)
     assert full["status"] == "done"
     part = tmp_path / "part"
-    r = mt.train_multitask(cfg, model=base_encoder, tasks=tasks, out=part, progress=False, stop_after_steps=3,
+    r = mt.train_enrich(cfg, model=base_encoder, tasks=tasks, out=part, progress=False, stop_after_steps=3,
                            cache_dir=cache_dir)
     assert r["status"] == "interrupted"
-    r = mt.train_multitask(cfg, model=base_encoder, tasks=tasks, out=part, progress=False, stop_after_steps=4,
+    r = mt.train_enrich(cfg, model=base_encoder, tasks=tasks, out=part, progress=False, stop_after_steps=4,
                            cache_dir=cache_dir)
     assert r["status"] == "interrupted"
-    resumed = mt.train_multitask(cfg, model=base_encoder, tasks=tasks, out=part, progress=False, cache_dir=cache_dir)
+    resumed = mt.train_enrich(cfg, model=base_encoder, tasks=tasks, out=part, progress=False, cache_dir=cache_dir)
     for name in ("last", "best"):
-        a = mt.Encoder.from_pretrained(tmp_path / "full" / "checkpoints" / name).state_dict()
-        b = mt.Encoder.from_pretrained(part / "checkpoints" / name).state_dict()
+        a = Encoder.from_pretrained(tmp_path / "full" / "checkpoints" / name).state_dict()
+        b = Encoder.from_pretrained(part / "checkpoints" / name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
         ha, _ = load_heads(tmp_path / "full" / "checkpoints" / name)
         hb, _ = load_heads(part / "checkpoints" / name)
@@ -371,22 +423,22 @@ def test_resume_is_exact(audio_dir, base_encoder, cache_dir, tmp_path, scenario,
 
 def test_single_task_run_and_grid_selection(audio_dir, base_encoder, cache_dir, tmp_path):
     tasks = synthetic_tasks(audio_dir)
-    one = mt.train_multitask(small_config(epochs=2), model=base_encoder, tasks=[tasks[1]], out=tmp_path / "one",
+    one = mt.train_enrich(small_config(epochs=2), model=base_encoder, tasks=[tasks[1]], out=tmp_path / "one",
                              progress=False, cache_dir=cache_dir)
     assert list(one["valid"]) == ["syn-reg"] and np.isfinite(one["valid"]["syn-reg"]["r2"])
     grid = {"optim.lr": [1e-5, 3e-3], "enrichment.dropout": [0.0]}
     out = tmp_path / "grid"
-    summary = mt.run_finetune(small_config(epochs=2), model=base_encoder, tasks=tasks, out=out, grid=grid,
+    summary = mt.run_enrich(small_config(epochs=2), model=base_encoder, tasks=tasks, out=out, grid=grid,
                               progress=False)
     pts = json.loads((out / "grid.json").read_text())["points"]
     assert len(pts) == 2
     best = max(pts, key=lambda p: p["valid_aggregate"])
     assert summary["best_point"] == best["name"]
-    sub = mt.Encoder.from_pretrained(out / "grid" / best["name"] / "checkpoints" / "best").state_dict()
-    top = mt.Encoder.from_pretrained(out / "checkpoints" / "best").state_dict()
+    sub = Encoder.from_pretrained(out / "grid" / best["name"] / "checkpoints" / "best").state_dict()
+    top = Encoder.from_pretrained(out / "checkpoints" / "best").state_dict()
     assert all(torch.equal(sub[k], top[k]) for k in sub)
     run = json.loads((out / "run.json").read_text())
-    assert run["kind"] == "multitask" and run["grid"] == grid
+    assert run["kind"] == "enrich" and run["grid"] == grid
 
 
 def test_scenarios_decide_what_trains(audio_dir, base_encoder, cache_dir, tmp_path):
@@ -396,13 +448,32 @@ def test_scenarios_decide_what_trains(audio_dir, base_encoder, cache_dir, tmp_pa
     cfg = small_config(epochs=1, scenario="finetune")
     model, heads, weighting = mt.build_modules(base_encoder, [TaskInfo("x", "multiclass", ["a", "b"])], cfg)
     lrs = {g["name"]: g["base_lr"] for g in mt.make_optimizer(model, heads, weighting, cfg).param_groups}
-    assert lrs == {"enrichment+heads": cfg.optim.lr, "encoder": cfg.optim.lr * cfg.optim.finetune_encoder_lr_scale}
+    assert lrs == {"enrichment+heads": cfg.optim.lr, "encoder": cfg.optim.lr * cfg.encoder_lr_scale}
     assert all(torch.equal(model.state_dict()[k], base[k]) for k in enc_keys)  # starts from the pre-trained weights
     changed = {}
     for scenario in ("finetune", "scratch"):
-        mt.train_multitask(small_config(epochs=1, scenario=scenario), model=base_encoder, tasks=tasks,
+        mt.train_enrich(small_config(epochs=1, scenario=scenario), model=base_encoder, tasks=tasks,
                            out=tmp_path / scenario, progress=False, cache_dir=cache_dir)
-        after = mt.Encoder.from_pretrained(tmp_path / scenario / "checkpoints" / "last").state_dict()
+        after = Encoder.from_pretrained(tmp_path / scenario / "checkpoints" / "last").state_dict()
         changed[scenario] = [k for k in enc_keys if not torch.equal(after[k], base[k])]
     assert len(changed["finetune"]) > 0  # the encoder trained
     assert set(changed["scratch"]) >= {k for k in enc_keys if k.endswith(".weight") and "norm" not in k}  # not the pre-trained weights
+
+
+def test_legacy_multitask_run_still_resumes(audio_dir, base_encoder, cache_dir, tmp_path):
+    """A run directory written under the stage's earlier name (run.json kind 'multitask') resumes."""
+    tasks = synthetic_tasks(audio_dir)[:1]
+    cfg = small_config(epochs=1)
+    out = tmp_path / "legacy"
+    first = mt.train_enrich(cfg, model=base_encoder, tasks=tasks, out=out, progress=False, cache_dir=cache_dir)
+    run = json.loads((out / "run.json").read_text())
+    assert run["kind"] == "enrich" and run["config"] == cfg.to_dict()
+    legacy = json.loads(json.dumps(run["config"]))
+    legacy["optim"]["finetune_encoder_lr_scale"] = legacy.pop("encoder_lr_scale")
+    del legacy["optim"]["fused"]
+    (out / "run.json").write_text(json.dumps({**run, "kind": "multitask", "config": legacy}))
+    again = mt.train_enrich(mt.EnrichConfig.from_dict(legacy), model=base_encoder, tasks=tasks, out=out, progress=False,
+                            cache_dir=cache_dir)
+    assert again["valid"] == first["valid"]
+    run2 = json.loads((out / "run.json").read_text())
+    assert run2["kind"] == "enrich" and run2["config"] == cfg.to_dict() and run2["upgraded_from"] == "multitask"

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from m3bert.errors import CheckpointError, ConfigError
+from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.train.checkpoint import load_checkpoint, save_checkpoint
-from m3bert.train.data import TrainBatches, split_by_group, store_groups
-from m3bert.train.pretrain import Dist, PretrainModule, load_pretrain_config, pretrain, validate
+from m3bert.pretrain.data import TrainBatches, split_by_group, store_groups
+from m3bert.pretrain.loop import Dist, PretrainModule, load_pretrain_config, pretrain, validate
 from m3bert.train.schedule import ScheduleConfig, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,17 +226,17 @@ def test_resume_is_exact_and_refuses_other_feature_sets(tmp_path, store):
 def test_learning_check(tmp_path, store):
     """200 steps of the tiny config: held-out masked loss well below predicting the per-channel
     mean, and below the untrained model's."""
-    from m3bert.train.data import validation_batches
+    from m3bert.pretrain.data import validation_batches
 
     cfg = tiny("train.eval_every=200", "train.save_every=200", "train.log_every=50", "data.batch_size=4",
-               "optim.effective_batch=4")
+               "data.effective_batch=4")
     summary = pretrain(cfg, store=store, out=tmp_path / "run", progress=False)
     key = "val/loss[cfm+ccm]"
     trained = summary["val"][key]
 
     # the untrained model, evaluated identically
     from m3bert.models import Encoder
-    from m3bert.objectives import create_objective
+    from m3bert.pretrain.objectives import create_objective
 
     cfg.model.n_input = 324
     torch.manual_seed(cfg.seed)
@@ -278,7 +278,7 @@ def _env() -> dict[str, str]:
 
 
 def test_cli_kill_and_resume_matches_straight_run(tmp_path, store_dir, store):
-    from m3bert.cli import main
+    from m3bert.app.cli import main
 
     over = ["train.steps=30", "train.save_every=2", "train.eval_every=100"]  # long enough to be killed mid-run
     args = ["--store", str(store_dir), "--config", str(TINY), "--no-progress"]

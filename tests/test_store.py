@@ -17,7 +17,7 @@ import soundfile as sf
 
 from conftest import make_test_signal
 from m3bert.audio import chunk_spans, load_audio
-from m3bert.errors import AudioError, DataError
+from m3bert.core.errors import AudioError, DataError
 from m3bert.features import get_feature_set
 from m3bert.features.store import FeatureStore, extract_to_store
 
@@ -216,7 +216,7 @@ KILLER = textwrap.dedent("""
     from m3bert.features import get_feature_set
     from m3bert.features import store as st
     calls = {"n": 0}
-    original = st._ShardWriter.append_file
+    original = st.ShardWriter.append_file
     def append_then_die(self, entry, chunks):
         calls["n"] += 1
         if calls["n"] == 4:  # shard 0 (2 files) committed, shard 1 has one file in its temp .npy
@@ -224,7 +224,7 @@ KILLER = textwrap.dedent("""
             self.fh.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, entry, chunks)
-    st._ShardWriter.append_file = append_then_die
+    st.ShardWriter.append_file = append_then_die
     st.extract_to_store(sys.argv[1], sys.argv[2], feature_set=get_feature_set("m3bert324"), max_seconds=2.0,
                         files_per_shard=2, progress=False)
 """)

@@ -1,5 +1,5 @@
 import sys
 
-from m3bert.cli import main
+from m3bert.app.cli import main
 
 sys.exit(main())

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import soxr
 
-from m3bert.errors import AudioError, ConfigError
+from m3bert.core.errors import AudioError, ConfigError
 
 #: File extensions :func:`find_audio_files` picks up (compared case-insensitively).
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".opus", ".mp3")
@@ -87,21 +89,9 @@ def resample(x: np.ndarray, *, orig_sample_rate: int, sample_rate: int) -> np.nd
     """soxr "HQ" resampling of ``(n_samples,)`` float32 (librosa's default resampler)."""
     if int(orig_sample_rate) == int(sample_rate):
         return np.ascontiguousarray(x, dtype=np.float32)
-    import soxr
 
     y = soxr.resample(np.ascontiguousarray(x, dtype=np.float32), int(orig_sample_rate), int(sample_rate), quality="HQ")
     return np.ascontiguousarray(y, dtype=np.float32)
-
-
-def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
-    """``(sample_rate, n_frames, n_channels)`` of a file without decoding it."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:
-        raise AudioError(f"{path}: unreadable or corrupt audio file ({_short(exc)})") from exc
-    return int(info.samplerate), int(info.frames), int(info.channels)
 
 
 def load_audio(path: str | os.PathLike, *, sample_rate: int, offset: float = 0.0, duration: float | None = None,
@@ -112,7 +102,6 @@ def load_audio(path: str | os.PathLike, *, sample_rate: int, offset: float = 0.0
     decoding the rest. Raises :class:`AudioError` naming the file when it cannot be read, has no
     samples, contains NaN/inf, or is shorter than ``min_samples`` after resampling.
     """
-    import soundfile as sf
 
     path = Path(path)
     if not path.is_file():

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from m3bert.embed import Embedder, load_model as _load_embedder, parse_layers
-from m3bert.errors import AudioError, ConfigError
+from m3bert.core.errors import AudioError, ConfigError
+from m3bert.embed import Embedder, parse_layers
+from m3bert.embed import load_model as _load_embedder
 
 __all__ = ["HearModel", "load_model", "get_scene_embeddings", "get_timestamp_embeddings", "DEFAULT_MODEL"]
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from m3bert.errors import ConfigError, DataError
-from m3bert.io import file_sha1
+from m3bert.core.errors import ConfigError, DataError
+from m3bert.core.io import file_sha1
+from m3bert.core.registry import Registry
+from m3bert.corpus.synth import synth_drum, synth_note
 
 SAMPLE_RATE = 44100  # the paper's feature sample rate; every corpus clip is rendered at it
 DRUM_CHANNEL = 9  # GM percussion channel (10 in 1-based numbering)
@@ -105,7 +106,6 @@ class NumpyRenderer(Renderer):
     name = "numpy"
 
     def render(self, tracks: list[Track], *, duration: float, seed: int = 0) -> np.ndarray:
-        from m3bert.corpus.synth import synth_drum, synth_note
 
         validate_tracks(tracks, duration=duration)
         n = int(round(duration * self.sample_rate))
@@ -129,7 +129,7 @@ class NumpyRenderer(Renderer):
 def _import_fluidsynth():
     """Import pyfluidsynth; return (module, None) or (None, reason)."""
     try:
-        import fluidsynth  # noqa: PLC0415  (pyfluidsynth; loads libfluidsynth at import)
+        import fluidsynth  # optional dependency (the fluidsynth extra; loads libfluidsynth at import)
     except (ImportError, OSError) as exc:
         return None, f"pyfluidsynth/libfluidsynth not importable ({exc})"
     if not hasattr(fluidsynth, "Synth"):
@@ -139,7 +139,7 @@ def _import_fluidsynth():
 
 def _bind_write_float(mod):
     """ctypes binding of ``fluid_synth_write_float`` (pyfluidsynth only wraps the 16-bit writer)."""
-    from ctypes import c_int, c_void_p
+    from ctypes import c_int, c_void_p  # optional: only to locate libfluidsynth
 
     fn = mod.cfunc("fluid_synth_write_float", c_int, ("synth", c_void_p, 1), ("len", c_int, 1),
                    ("lout", c_void_p, 1), ("loff", c_int, 1), ("lincr", c_int, 1),
@@ -288,14 +288,13 @@ class FluidSynthRenderer(Renderer):
             self._keeper = None
 
 
-_RENDERERS: dict[str, Callable[..., Renderer]] = {
-    "numpy": lambda soundfont=None: NumpyRenderer(),
-    "fluidsynth": lambda soundfont=None: FluidSynthRenderer(soundfont),
-}
+RENDERERS = Registry("renderer")  # name -> factory(soundfont=None) -> Renderer
+RENDERERS.add("numpy", lambda soundfont=None: NumpyRenderer())
+RENDERERS.add("fluidsynth", lambda soundfont=None: FluidSynthRenderer(soundfont))
 
 
 def available_renderers() -> list[str]:
-    return sorted(_RENDERERS)
+    return sorted(RENDERERS)
 
 
 def resolve_renderer_name(name: str, *, soundfont: str | os.PathLike | None = None) -> str:
@@ -303,11 +302,11 @@ def resolve_renderer_name(name: str, *, soundfont: str | os.PathLike | None = No
     if name == "auto":
         ok, _ = fluidsynth_status(soundfont)
         return "fluidsynth" if ok else "numpy"
-    if name not in _RENDERERS:
+    if name not in RENDERERS:
         raise ConfigError(f"renderer={name!r}, expected 'auto' or one of {available_renderers()}")
     return name
 
 
 def get_renderer(name: str = "auto", *, soundfont: str | os.PathLike | None = None) -> Renderer:
     """A renderer by name ("auto", "fluidsynth", "numpy")."""
-    return _RENDERERS[resolve_renderer_name(name, soundfont=soundfont)](soundfont=soundfont)
+    return RENDERERS[resolve_renderer_name(name, soundfont=soundfont)](soundfont=soundfont)

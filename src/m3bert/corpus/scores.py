@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m3bert.errors import DataError
+from m3bert.core.errors import DataError
 
 # -- key vocabulary --------------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ class Piece:
 
 
 def corpus_root() -> Path:
-    import music21
+    import music21  # heavy import (~2 s), only when scores are read
 
     return Path(music21.__file__).parent / "corpus"
 
@@ -263,7 +263,7 @@ def _notes_of(stream) -> list[tuple[float, float, int]]:
 @lru_cache(maxsize=None)
 def _profiles() -> tuple[np.ndarray, np.ndarray]:
     """music21's default key-finding profiles (Aarden-Essen), major and minor, tonic C."""
-    from music21.analysis.discrete import AardenEssen
+    from music21.analysis.discrete import AardenEssen  # heavy import (~2 s), only when scores are read
 
     ae = AardenEssen()
     return np.asarray(ae.getWeights("major"), float), np.asarray(ae.getWeights("minor"), float)
@@ -310,7 +310,7 @@ def _key_label(notes, sharps: int | None, explicit_mode: str | None, final_pitch
 
 
 def _first_signature(score) -> tuple[int | None, str | None]:
-    from music21 import key as m21key
+    from music21 import key as m21key  # heavy import (~2 s), only when scores are read
 
     for ks in score.recurse().getElementsByClass(m21key.KeySignature):
         mode = getattr(ks, "mode", None) if isinstance(ks, m21key.Key) else None
@@ -321,7 +321,7 @@ def _first_signature(score) -> tuple[int | None, str | None]:
 @contextlib.contextmanager
 def _no_beaming():
     """music21's ABC reader beams every part (notation only, ~40 % of the parse time): skip it."""
-    from music21 import stream
+    from music21 import stream  # heavy import (~2 s), only when scores are read
 
     original = stream.Stream.makeBeams
     stream.Stream.makeBeams = lambda self, *a, **k: None if k.get("inPlace") else self
@@ -333,8 +333,8 @@ def _no_beaming():
 
 def load_piece(ref: PieceRef) -> Piece:
     """Parse one piece with music21; ``DataError`` naming the piece when it cannot be used."""
-    import music21
-    from music21 import converter, meter
+    import music21  # heavy import (~2 s), only when scores are read
+    from music21 import converter, meter  # heavy import (~2 s), only when scores are read
 
     try:
         if ref.family == "chorale":

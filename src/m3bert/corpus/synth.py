@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import butter, lfilter, sosfilt
 
-from m3bert.errors import ConfigError
+from m3bert.core.errors import ConfigError
 
 MAX_PARTIAL_HZ = 12000.0  # keep additive partials well below Nyquist at 44.1 kHz
 

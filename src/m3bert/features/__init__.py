@@ -6,7 +6,9 @@ for the interface, ``m3bert324.py`` for the paper's 324-d set, ``store.py`` for 
 
 from __future__ import annotations
 
+from m3bert.features import m3bert324 as _m3bert324  # noqa: F401  (registers "m3bert324")
 from m3bert.features.base import CMVN_MODES, FeatureSet, register_backend
+from m3bert.features.m3bert324 import M3bert324, M3bert324Config
 from m3bert.features.spec import (
     ChannelGroup,
     FeatureSpec,
@@ -15,8 +17,6 @@ from m3bert.features.spec import (
     get_feature_set,
     register_feature_set,
 )
-from m3bert.features import m3bert324 as _m3bert324  # noqa: F401  (registers "m3bert324")
-from m3bert.features.m3bert324 import M3bert324, M3bert324Config
 
 __all__ = [
     "CMVN_MODES",

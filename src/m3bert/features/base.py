@@ -16,10 +16,10 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from m3bert.audio import resample, validate_waveform
-from m3bert.errors import ConfigError, DataError
+from m3bert.core.errors import ConfigError, DataError
+from m3bert.core.io import config_hash as _hash
 from m3bert.features.normalize import cmvn_apply, cmvn_clip
 from m3bert.features.spec import FeatureSpec
-from m3bert.io import config_hash as _hash
 
 #: CMVN scopes a feature set may be configured with (see ``normalize.py``).
 CMVN_MODES = ("clip", "corpus", "none")

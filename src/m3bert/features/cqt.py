@@ -20,8 +20,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import librosa
 import numpy as np
+import soxr
 import torch
+
+from m3bert.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,6 @@ def cqt_plan(sample_rate: int, hop_length: int, fmin: float, n_bins: int, bins_p
              tuning: float = 0.0, window: str = "hann", filter_scale: float = 1.0, norm: float = 1.0,
              sparsity: float = 0.01) -> CqtPlan:
     """Build (once) the multirate filter banks of ``librosa.cqt`` for one configuration."""
-    import librosa
 
     n_octaves = int(math.ceil(n_bins / bins_per_octave))
     n_filters = min(bins_per_octave, n_bins)
@@ -75,7 +78,6 @@ def cqt_plan(sample_rate: int, hop_length: int, fmin: float, n_bins: int, bins_p
                                                 filter_scale=filter_scale, gamma=0, alpha=alpha)
     nyquist = sample_rate / 2.0
     if cutoff > nyquist:
-        from m3bert.errors import ConfigError
 
         raise ConfigError(f"CQT top filter reaches {cutoff:.0f} Hz, above Nyquist {nyquist:.0f} Hz; use fewer bins")
     # librosa's __early_downsample_count
@@ -100,7 +102,6 @@ def cqt_plan(sample_rate: int, hop_length: int, fmin: float, n_bins: int, bins_p
             my_hop //= 2
             my_sr /= 2.0
         elif i < n_octaves - 1:  # librosa would stop downsampling and silently mis-scale; refuse instead
-            from m3bert.errors import ConfigError
 
             raise ConfigError(f"CQT hop_length {hop_length} must be divisible by 2^{n_octaves - 1 + count}")
     lengths, _ = librosa.filters.wavelet_lengths(freqs=freqs, sr=sr, window=window, filter_scale=filter_scale,
@@ -110,7 +111,6 @@ def cqt_plan(sample_rate: int, hop_length: int, fmin: float, n_bins: int, bins_p
 
 def _halve(y: np.ndarray, factor: int) -> np.ndarray:
     """librosa.resample(y, orig_sr=factor, target_sr=1, res_type="soxr_hq", scale=True)."""
-    import soxr
 
     n_out = int(np.ceil(y.shape[-1] / factor))
     z = soxr.resample(y, factor, 1, quality="soxr_hq")

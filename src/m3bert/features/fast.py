@@ -23,14 +23,17 @@ import contextlib
 import functools
 from typing import Any, Callable, Sequence
 
+import librosa
 import numpy as np
+import scipy.fft
 import torch
 
+from m3bert.core.registry import Registry
 from m3bert.features import reference
 
 #: cqt_variant -> fast function ``(list[(n_samples_i,)], cfg, tunings) -> list[(n_cqt, n_frames_i)]``
 #: (linear magnitude, before the log). Defaults to the librosa reference per clip.
-FAST_CQT: dict[str, Callable[[Sequence[np.ndarray], Any, Sequence[float]], list[np.ndarray]]] = {}
+FAST_CQT = Registry("fast CQT")  # variant -> batched CQT(waves, cfg, tunings) -> list of (n_bins, frames)
 
 
 def _reference_cqt_batch(variant: str) -> Callable[[Sequence[np.ndarray], Any, Sequence[float]], list[np.ndarray]]:
@@ -41,8 +44,6 @@ def _reference_cqt_batch(variant: str) -> Callable[[Sequence[np.ndarray], Any, S
 @functools.lru_cache(maxsize=16)
 def _banks(sample_rate: int, n_fft: int, window: str, n_mels: int, n_mfcc: int, n_chroma: int,
            tuning: float) -> dict[str, torch.Tensor]:
-    import librosa
-    import scipy.fft
 
     win = librosa.filters.get_window(window, n_fft, fftbins=True).astype(np.float32)
     mel_fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)  # (n_mels, 1 + n_fft // 2)

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from m3bert.errors import ConfigError
+from m3bert.core.errors import ConfigError
 from m3bert.features import cqt, fast, reference
 from m3bert.features.base import CMVN_MODES, FeatureSet, register_backend
 from m3bert.features.spec import FeatureSpec, dataclass_replace_checked, register_feature_set
@@ -37,7 +37,7 @@ from m3bert.features.spec import FeatureSpec, dataclass_replace_checked, registe
 NAME = "m3bert324"
 
 # the literal CQT has a fast path that reproduces librosa.cqt (see cqt.py); chroma1008 uses librosa
-fast.FAST_CQT.setdefault("literal", cqt.literal_cqt_batch)
+fast.FAST_CQT.add("literal", cqt.literal_cqt_batch)
 C1_HZ = 32.70319566257483  # librosa.note_to_hz("C1")
 
 

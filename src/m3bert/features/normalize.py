@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from m3bert.errors import DataError
+from m3bert.core.errors import DataError
 
 
 def std_floor(mean: np.ndarray, std: np.ndarray, *, eps: float) -> np.ndarray:

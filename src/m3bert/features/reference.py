@@ -13,7 +13,10 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
+import librosa
 import numpy as np
+
+from m3bert.core.registry import Registry
 
 CqtFn = Callable[[np.ndarray, Any, float], np.ndarray]
 
@@ -35,7 +38,6 @@ def delta_width_for(n_frames: int, width: int) -> int:
 
 def delta(mfcc: np.ndarray, *, width: int) -> np.ndarray:
     """First-order delta along frames, ``(n_mfcc, n_frames)`` (librosa's ``feature.delta``, interp mode)."""
-    import librosa
 
     return librosa.feature.delta(mfcc, width=delta_width_for(mfcc.shape[-1], width), order=1, axis=-1, mode="interp")
 
@@ -43,7 +45,6 @@ def delta(mfcc: np.ndarray, *, width: int) -> np.ndarray:
 def estimate_tuning(y: np.ndarray, cfg: Any) -> float:
     """Tuning deviation (fractions of a chroma bin) estimated the way ``librosa.feature.chroma_stft``
     does it: piptrack on the Hamming power spectrogram."""
-    import librosa
 
     S = np.abs(librosa.stft(y, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window=cfg.window)) ** 2
     return float(librosa.estimate_tuning(S=S, sr=cfg.sample_rate, bins_per_octave=cfg.n_chroma))
@@ -52,7 +53,6 @@ def estimate_tuning(y: np.ndarray, cfg: Any) -> float:
 def cqt_literal(y: np.ndarray, cfg: Any, tuning: float) -> np.ndarray:
     """Literal CQT magnitude ``(n_cqt, n_frames)``: ``n_cqt`` bins at ``cqt_bins_per_octave`` from
     ``cqt_fmin`` (default 144 bins, 24/octave, from C1: six octaves, C1..B6)."""
-    import librosa
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_fft too large" for clips shorter than the longest filter
@@ -69,7 +69,6 @@ def cqt_chroma1008(y: np.ndarray, cfg: Any, tuning: float) -> np.ndarray:
     (norm = inf). It is ~10x slower than the literal CQT; offered to reproduce their inputs exactly.
     ``cqt_fmin`` is honoured; ``cqt_bins_per_octave`` is not used (it equals ``n_cqt`` here).
     """
-    import librosa
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -78,7 +77,9 @@ def cqt_chroma1008(y: np.ndarray, cfg: Any, tuning: float) -> np.ndarray:
 
 
 #: cqt_variant -> reference function ``(y, cfg, tuning) -> (n_cqt, n_frames)`` (linear magnitude)
-CQT_VARIANTS: dict[str, CqtFn] = {"literal": cqt_literal, "chroma1008": cqt_chroma1008}
+CQT_VARIANTS = Registry("CQT variant")  # name -> librosa reference CQT (the truth for the fast paths)
+CQT_VARIANTS.add("literal", cqt_literal)
+CQT_VARIANTS.add("chroma1008", cqt_chroma1008)
 
 
 def reference_groups(y: np.ndarray, cfg: Any) -> dict[str, np.ndarray]:
@@ -86,7 +87,6 @@ def reference_groups(y: np.ndarray, cfg: Any) -> dict[str, np.ndarray]:
 
     Keys in channel order: chroma, mfcc, dmfcc, mel (log), cqt (log).
     """
-    import librosa
 
     sr, n_fft, hop, win = cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.window
     tuning = estimate_tuning(y, cfg) if cfg.tuning is None else float(cfg.tuning)

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from m3bert.errors import ConfigError
-from m3bert.registry import Registry
+from m3bert.core.errors import ConfigError
+from m3bert.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -87,38 +87,33 @@ class FeatureSpec:
 # Registry
 # ---------------------------------------------------------------------------------------------
 
-_REGISTRY: Registry = Registry("feature set")
+FEATURE_SETS: Registry = Registry("feature set")
 
 
 def register_feature_set(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register a factory ``factory(**config) -> FeatureSet`` under ``name``."""
-    return _REGISTRY.register(name)
+    return FEATURE_SETS.register(name)
 
 
 def available_feature_sets() -> list[str]:
-    import m3bert.features  # noqa: F401  (registers the built-in sets)
-
-    return sorted(_REGISTRY)
+    # the built-in sets register when the package m3bert.features (this module's parent) is imported
+    return sorted(FEATURE_SETS)
 
 
 def get_feature_set(name: str, **config: Any) -> Any:
     """Create a registered feature set by name, with config overrides."""
-    import m3bert.features  # noqa: F401
-
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown feature set {name!r}; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**config)
+    return FEATURE_SETS.lookup(name)(**config)
 
 
 def feature_set_from_dict(data: dict[str, Any]) -> Any:
     """Inverse of ``FeatureSet.to_dict()``: ``{"name": ..., "config": {...}, ...}``."""
     if not isinstance(data, dict) or "name" not in data:
         raise ConfigError(f"feature-set description must be a mapping with a 'name', got {data!r}")
-    fs = get_feature_set(data["name"], **dict(data.get("config") or {}))
+    feature_set = get_feature_set(data["name"], **dict(data.get("config") or {}))
     stats = data.get("cmvn_stats")
-    if stats is not None and hasattr(fs, "set_cmvn_stats"):
-        fs.set_cmvn_stats(np.asarray(stats["mean"], dtype=np.float32), np.asarray(stats["std"], dtype=np.float32))
-    return fs
+    if stats is not None and hasattr(feature_set, "set_cmvn_stats"):
+        feature_set.set_cmvn_stats(np.asarray(stats["mean"], dtype=np.float32), np.asarray(stats["std"], dtype=np.float32))
+    return feature_set
 
 
 def dataclass_replace_checked(cfg: Any, overrides: dict[str, Any], *, where: str) -> Any:

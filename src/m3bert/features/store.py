@@ -1,5 +1,8 @@
 """The feature store: chunked frames of many audio files, sharded, memory-mapped, resumable.
 
+Longer than 500 lines because the writer and the reader of one on-disk format live together:
+splitting them would split the format's single owner.
+
 Layout of a store directory::
 
     STORE/store.json                  identity: feature set (name + config), its hash, chunking rule,
@@ -41,8 +44,8 @@ one unsharded store.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -53,12 +56,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from m3bert.audio import chunk_spans, find_audio_files, load_audio
-from m3bert.errors import AudioError, DataError, M3bertError
+from m3bert.core.errors import AudioError, DataError, M3bertError
+from m3bert.core.io import atomic_path, atomic_write_json, file_sha1, read_json, versions
 from m3bert.features.normalize import CmvnAccumulator
 from m3bert.features.spec import feature_set_from_dict
-from m3bert.io import atomic_write_json, file_sha1, read_json, versions
 
 FORMAT = "m3bert-feature-store"
 FORMAT_VERSION = 1
@@ -95,7 +100,7 @@ def partition_of(source: str, num_shards: int) -> int:
 # Streaming .npy shard writer
 # ---------------------------------------------------------------------------------------------
 
-class _ShardWriter:
+class ShardWriter:
     """Appends ``(n, n_channels)`` float32 blocks to a temporary ``.npy``; ``commit`` renames it.
 
     The npy header is written with the final shape when committing; numpy pads it to a fixed
@@ -156,7 +161,6 @@ class _ShardWriter:
 
 @contextlib.contextmanager
 def _atomic_npy(path: Path) -> Iterator[Path]:
-    from m3bert.io import atomic_path
 
     with atomic_path(path, suffix=".npy") as tmp:
         yield tmp
@@ -171,16 +175,15 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(fs_dict: dict[str, Any], max_seconds: float, done: frozenset[str], n_threads: int | None) -> None:
     if n_threads is not None:
-        import torch
 
         torch.set_num_threads(n_threads)
-    _WORKER.update(fs=feature_set_from_dict(fs_dict), max_seconds=max_seconds, done=done)
+    _WORKER.update(feature_set=feature_set_from_dict(fs_dict), max_seconds=max_seconds, done=done)
 
 
 def _process_file(task: tuple[str, str]) -> dict[str, Any]:
     """Hash, decode, chunk and extract one file; never raises for a bad file (returns a reject)."""
     source, path = task
-    fs, max_seconds = _WORKER["fs"], _WORKER["max_seconds"]
+    feature_set, max_seconds = _WORKER["feature_set"], _WORKER["max_seconds"]
     t0 = time.perf_counter()
     try:
         sha1 = file_sha1(path)
@@ -189,17 +192,17 @@ def _process_file(task: tuple[str, str]) -> dict[str, Any]:
     if sha1 in _WORKER["done"]:
         return {"status": "skip", "source": source, "sha1": sha1}
     try:
-        y = load_audio(path, sample_rate=fs.sample_rate, min_samples=fs.min_samples)
+        y = load_audio(path, sample_rate=feature_set.sample_rate, min_samples=feature_set.min_samples)
         t1 = time.perf_counter()
-        spans = chunk_spans(len(y), sample_rate=fs.sample_rate, max_seconds=max_seconds)
-        frames = fs.extract_batch([y[a:b] for a, b in spans], sample_rate=fs.sample_rate, normalize=False)
+        spans = chunk_spans(len(y), sample_rate=feature_set.sample_rate, max_seconds=max_seconds)
+        frames = feature_set.extract_batch([y[a:b] for a, b in spans], sample_rate=feature_set.sample_rate, normalize=False)
     except M3bertError as exc:
         return {"status": "reject", "source": source, "path": path, "sha1": sha1, "reason": str(exc)}
     except Exception as exc:  # a decoder/library failure on one file must not end a long batch job
         return {"status": "reject", "source": source, "path": path, "sha1": sha1,
                 "reason": f"{path}: {type(exc).__name__}: {exc}"}
     t2 = time.perf_counter()
-    sr = fs.sample_rate
+    sr = feature_set.sample_rate
     chunks = [{"start_s": a / sr, "end_s": b / sr, "n_frames": int(f.shape[0])} for (a, b), f in zip(spans, frames)]
     return {"status": "done", "source": source, "sha1": sha1, "duration_s": len(y) / sr, "chunks": chunks,
             "frames": frames, "decode_s": t1 - t0, "features_s": t2 - t1}
@@ -237,7 +240,6 @@ def _check_header(path: Path, have: dict[str, Any], want: dict[str, Any]) -> Non
 @contextlib.contextmanager
 def _exclusive(store: Path) -> Iterator[None]:
     """One writer per store (an OS lock, released even if the process is killed)."""
-    import fcntl
 
     fh = open(store / ".lock", "w")
     try:
@@ -286,7 +288,7 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
         summary = _Summary(n_inputs=len(mine), n_all_inputs=len(all_inputs))
         # unique per run, also for two runs in one process within a second (a shard is never overwritten)
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}"
-        writer: _ShardWriter | None = None
+        writer: ShardWriter | None = None
         seq = 0
         rejects: dict[str, dict[str, Any]] = {}
         ctx = _worker_pool(feature_set, max_seconds, frozenset(done_sha), workers)
@@ -311,7 +313,7 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
                         continue
                     done_sha[res["sha1"]] = src
                     if writer is None:
-                        writer = _ShardWriter(shard_dir, f"{run_id}-{seq:05d}", feature_set.n_channels)
+                        writer = ShardWriter(shard_dir, f"{run_id}-{seq:05d}", feature_set.n_channels)
                         seq += 1
                     entry = {"source": src, "sha1": res["sha1"], "duration_s": res["duration_s"],
                              "chunks": res["chunks"]}
@@ -356,7 +358,6 @@ def _worker_pool(feature_set: Any, max_seconds: float, done: frozenset[str], wor
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
 
     return tqdm(total=total, unit="file", desc="features", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 

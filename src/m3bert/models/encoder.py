@@ -20,10 +20,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from m3bert.config import from_dict
-from m3bert.errors import CheckpointError, ConfigError
+from m3bert.core.config import from_dict
+from m3bert.core.errors import CheckpointError, ConfigError
+from m3bert.core.io import atomic_path, atomic_write_json, read_format_json
+from m3bert.core.registry import Registry
+from m3bert.core.version import __version__
 
 MODEL_FORMAT = "m3bert-model"
 MODEL_FORMAT_VERSION = 1
@@ -83,22 +87,20 @@ class EncoderConfig:
 # Registry of named architectures
 # ---------------------------------------------------------------------------------------------
 
-_CONFIGS: dict[str, dict[str, Any]] = {}
+MODEL_CONFIGS = Registry("model config")  # name -> EncoderConfig keyword arguments
 
 
 def register_model_config(name: str, **config: Any) -> None:
     EncoderConfig(**config)  # validate now
-    _CONFIGS[name] = dict(config)
+    MODEL_CONFIGS.add(name, dict(config))
 
 
 def available_models() -> list[str]:
-    return sorted(_CONFIGS)
+    return sorted(MODEL_CONFIGS)
 
 
 def get_model_config(name: str, **overrides: Any) -> EncoderConfig:
-    if name not in _CONFIGS:
-        raise ConfigError(f"unknown model config {name!r}; registered: {available_models()}")
-    return EncoderConfig.from_dict({**_CONFIGS[name], **overrides})
+    return EncoderConfig.from_dict({**MODEL_CONFIGS.lookup(name), **overrides})
 
 
 def create_model(name: str, *, seed: int | None = None, **overrides: Any) -> "Encoder":
@@ -286,10 +288,7 @@ class Encoder(nn.Module):
     # -- model directory ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically into ``directory``."""
-        from safetensors.torch import save_file
 
-        from m3bert import __version__
-        from m3bert.io import atomic_path, atomic_write_json
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -319,14 +318,12 @@ class Encoder(nn.Module):
         map_location: str = "cpu",
     ) -> "Encoder":
         """Load a model directory; refuse (``CheckpointError``) anything that does not match."""
-        from safetensors.torch import load_file
 
         directory = Path(directory)
         cfg_path, weights = directory / "config.json", directory / "model.safetensors"
         for p in (cfg_path, weights):
             if not p.is_file():
                 raise CheckpointError(f"{directory}: missing {p.name}; a model directory holds config.json + model.safetensors")
-        from m3bert.io import read_format_json
 
         config = read_format_json(cfg_path, fmt=MODEL_FORMAT, max_version=MODEL_FORMAT_VERSION)
         try:
@@ -373,5 +370,3 @@ def check_same(what: str, expected: Any, found: Any, where: Path | str) -> None:
         diffs = [f"expected {expected!r}, found {found!r}"]
     raise CheckpointError(f"{where}: {what} differs: " + "; ".join(diffs[:8]))
 
-
-_check_same = check_same  # backwards-compatible private name

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3bert.errors import ConfigError
+from m3bert.core.errors import ConfigError
 
 
 @dataclass

@@ -28,10 +28,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from m3bert.errors import CheckpointError
-from m3bert.io import atomic_write_json, read_format_json
+from m3bert.core.errors import CheckpointError
+from m3bert.core.io import atomic_write_json, read_format_json, recover_dir, replace_dir
+from m3bert.models.encoder import check_same, load_state_checked
 
 STATE_FORMAT = "m3bert-trainer-state"
 STATE_FORMAT_VERSION = 1
@@ -155,7 +157,6 @@ def save_checkpoint(
     ``model`` is saved with its ``save_pretrained(dir, extra=model_extra)`` (an ``Encoder``);
     ``modules`` as ``<name>.safetensors``; ``state`` must be JSON-serialisable.
     """
-    from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -182,32 +183,16 @@ def save_checkpoint(
         if opt_tensors:
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"format": STATE_FORMAT})
         atomic_write_json(tmp / "state.json", payload)
-        _swap_in(tmp, directory)
+        replace_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
-def _swap_in(tmp: Path, directory: Path) -> None:
-    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def recover_checkpoint(directory: str | Path) -> Path | None:
     """Return ``directory`` if it exists; else restore a ``.NAME.old-*`` left by a crash mid-swap."""
-    directory = Path(directory)
-    if directory.is_dir():
-        return directory
-    olds = sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds:
-        os.replace(olds[-1], directory)
-        return directory
-    return None
+    return recover_dir(directory)
 
 
 def read_state(directory: str | Path) -> dict[str, Any]:
@@ -232,7 +217,6 @@ def load_checkpoint(
     ``model`` (an ``Encoder``) must have the same architecture (``cfg``) and feature set as
     the checkpoint, else ``CheckpointError`` names the differences.
     """
-    from m3bert.models.encoder import check_same, load_state_checked
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -266,7 +250,6 @@ def load_checkpoint(
 
 
 def _load(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")

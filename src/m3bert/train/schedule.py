@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from m3bert.errors import ConfigError
-from m3bert.registry import Registry
+from m3bert.core.errors import ConfigError
+from m3bert.core.registry import Registry
 
 
 @dataclass

@@ -1,0 +1,86 @@
+"""``m3bert bench``: probe representations on downstream tasks and write a report.
+
+    m3bert bench --model RUN --model random:m2bert-small --baseline mfcc --baseline raw \\
+        --task builtin-dance:CORPUS --task gtzan-genre:/data/gtzan --protocol marble --seeds 3 \\
+        --report REPORT_DIR [--skip-missing] [--cache DIR]
+
+Features are cached (default ``REPORT_DIR/cache``), so rerunning with another protocol or more
+seeds only trains probes; an interrupted extraction resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from m3bert.core.errors import ConfigError
+from m3bert.evaluate.baselines import available_baselines, get_baseline
+from m3bert.evaluate.probes import available_protocols
+from m3bert.evaluate.report import summary_lines
+from m3bert.evaluate.representations import EmbeddingsDirRepresentation, HearRepresentation, ModelRepresentation, Representation
+from m3bert.evaluate.runner import run_benchmark
+
+HELP = "Benchmark representations on downstream tasks (MARBLE / Kim / linear probes) and write a report."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", default=[], metavar="DIR|RUN|random:CONFIG",
+                   help="an m3bert model directory, run directory or random:CONFIG (repeatable)")
+    p.add_argument("--baseline", action="append", default=[], metavar="NAME",
+                   help=f"{' | '.join(available_baselines())} (repeatable)")
+    p.add_argument("--embeddings", action="append", default=[], metavar="NAME:DIR",
+                   help="precomputed .npy per audio file mirroring the dataset tree (repeatable)")
+    p.add_argument("--hear", action="append", default=[], metavar="MODULE[:WEIGHTS]",
+                   help="a HEAR 2021 module (load_model, get_scene_embeddings) (repeatable)")
+    p.add_argument("--task", action="append", default=[], required=True, metavar="NAME[:PATH]",
+                   help="a registered task, with its dataset path (repeatable)")
+    p.add_argument("--protocol", default="marble", choices=available_protocols(), help="probing protocol")
+    p.add_argument("--seeds", type=int, default=None, help="repeats (default: the protocol's: marble 3, kim 5)")
+    p.add_argument("--report", required=True, type=Path, metavar="REPORT_DIR", help="where results and reports go")
+    p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default REPORT_DIR/cache)")
+    p.add_argument("--no-cache", action="store_true", help="do not keep features on disk")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="skip (and record) missing or unreadable audio instead of stopping")
+    p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's probe epochs")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_representations(args: argparse.Namespace) -> list[Representation]:
+    reps = [ModelRepresentation(spec) for spec in args.model]
+    reps += [get_baseline(name) for name in args.baseline]
+    for spec in args.embeddings:
+        name, sep, directory = spec.partition(":")
+        if not sep or not name or not directory:
+            raise ConfigError(f"--embeddings {spec!r}: expected NAME:DIR")
+        reps.append(EmbeddingsDirRepresentation(name, directory))
+    for spec in args.hear:
+        module, _, weights = spec.partition(":")
+        reps.append(HearRepresentation(module, weights or None))
+    return reps
+
+
+def run(args: argparse.Namespace) -> int:
+    threads = args.threads or min(2, os.cpu_count() or 1)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        reps = build_representations(args)
+        cache = None if args.no_cache else (args.cache or args.report / "cache")
+        overrides = {"max_epochs": args.max_epochs} if args.max_epochs else None
+        echo = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
+        res = run_benchmark(reps, args.task, protocol=args.protocol, seeds=args.seeds, out_dir=args.report,
+                            cache_dir=cache, skip_missing=args.skip_missing, progress=not args.quiet,
+                            probe_overrides=overrides, echo=echo)
+    finally:
+        torch.set_num_threads(old_threads)
+    print("\n".join(summary_lines(res)))
+    n_fail = sum(len(r["failures"]) for r in res["results"])
+    n_skip = sum(len(t["skipped"]) for t in res["tasks"])
+    print(f"\n{len(res['results'])} (representation, task) pairs x {len(res['seeds'])} seed(s) in {res['elapsed_s']} s; "
+          f"{n_skip} item(s) skipped, {n_fail} clip(s) failed; report: {args.report}/report.html")
+    return 0

@@ -1,1 +1,0 @@
-"""Evaluation: task registry (MARBLE taxonomy), dataset loaders, probes, metrics, baselines, report."""

@@ -1,1 +1,0 @@
-"""One module per ``m3bert`` subcommand (see ``m3bert.cli``)."""

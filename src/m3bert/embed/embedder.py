@@ -1,0 +1,534 @@
+"""Embeddings for any audio: the :class:`Embedder` (decode -> features -> windowed encoder -> pooling).
+
+Longer than 500 lines because the Embedder is one class whose steps share its state; its pure
+parts live in :mod:`m3bert.windows` (windows, stitching, pooling) and :mod:`m3bert.models.hub`
+(model resolution and ids).
+
+``load_model(spec)`` turns a model directory, a run directory (best checkpoint, else last), a
+checkpoint directory or ``random:CONFIG[:SEED]`` into an :class:`Embedder`::
+
+    model = m3bert.load_model("runs/pretrain")               # or "random:m2bert-small"
+    vec = model.embed("song.mp3")                            # (D,)   clip level, last layer, mean
+    frames, times_ms = model.embed("song.mp3", level="frame", layers="all")   # (L, T, D), (T,)
+
+Long audio
+----------
+The encoder has a fixed context (``max_frames``, 1294 frames = 30 s for the paper's models).
+Features of the whole file are computed once (one continuous STFT, so there are no edge
+effects at window borders), then the encoder runs over windows of ``window_frames`` frames
+every ``hop_frames`` frames. All windows are full length (the last one is aligned to the end
+of the file), and every output frame is taken from the window in which it is most central, so
+each frame sees the largest context available on both sides and the stitched sequence has no
+seams: the frame-to-window assignment changes only half-way through an overlap. Clip-level
+pooling is pooling over all stitched frames (never an average of per-window averages, which
+would weight the frames in overlaps twice).
+
+CMVN in ``clip`` mode
+---------------------
+The paper normalises features per example, and pre-training examples are chunks of at most
+30 s (the store normalises each chunk over its own frames). The encoder therefore only ever
+saw frames normalised with statistics of *the window it was looking at*. We do the same at
+inference: in ``clip`` mode the un-normalised features are computed once for the whole file,
+and each encoder window is normalised with the mean/std of its own frames. A file no longer
+than one window is normalised over the whole file, exactly as ``feature_set.extract(normalize=True)``
+does. Normalising a 3-minute file with whole-file statistics instead would shift every window
+away from the distribution the model was trained on (a quiet intro would be normalised with
+the loud chorus's statistics). With ``corpus`` statistics or ``none`` the normalisation is the
+same affine map for every frame, so the features are extracted normalised in one go.
+
+Batching
+--------
+``embed_many`` packs windows of several files into one encoder batch. By default only windows
+of equal length share a batch (all windows of long files are full length, and HEAR batches are
+equal-length), so nothing is ever padded and every output is bitwise independent of what else
+was in the batch. ``pad_batches=True`` pads mixed lengths with a key-padding mask instead
+(padded frames never influence real ones; outputs then agree to ~1e-6 in fp32).
+
+Why the stitched frames cannot equal a single pass over the whole file: the encoder's absolute
+positions and its CMVN statistics are per window, by design (that is what the model was trained
+on). With sinusoidal positions and *random* weights the position term dominates every frame, so
+a "whole file" pass of a random sinusoidal model (only possible with an enlarged ``max_frames``)
+and the windowed pass agree poorly (median frame cosine ~0.24 on a 3-minute signal); for a
+content-dominated model they agree closely (see ``tests/test_embed_long.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from m3bert.audio import load_audio, resample, validate_waveform
+from m3bert.core.errors import AudioError, CheckpointError, ConfigError, M3bertError
+from m3bert.features.memo import FeatureMemo
+from m3bert.models.hub import check_feature_set, load_encoder, model_id
+from m3bert.windows import POOLS, pool_frames, stitch, window_owners, window_starts
+
+__all__ = [
+    "Embedder",
+    "EmbedResult",
+    "load_model",
+    "window_starts",
+    "window_owners",
+    "pool_frames",
+    "parse_layers",
+    "LEVELS",
+    "POOLS",
+    "DTYPES",
+]
+
+LEVELS = ("clip", "frame")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions: windows, stitching, normalisation, pooling, layer selection
+# ---------------------------------------------------------------------------------------------
+
+
+
+
+def parse_layers(layers: int | str | Sequence[int], n_hidden_states: int) -> tuple[list[int], bool]:
+    """Resolve ``layers`` to hidden-state indices and whether the layer axis is squeezed.
+
+    ``-1`` (or any int, negatives from the end) -> one layer, no layer axis; ``"all"`` -> every
+    hidden state; a list -> those (a layer axis even for a list of one). Strings ``"-1"``,
+    ``"0,3"`` are accepted as the CLI writes them.
+    """
+    if isinstance(layers, str):
+        text = layers.strip().lower()
+        if text == "all":
+            return list(range(n_hidden_states)), False
+        try:
+            parts = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise ConfigError(f"layers={layers!r}; expected -1, 'all' or comma-separated integers") from None
+        if not parts:
+            raise ConfigError(f"layers={layers!r}; expected -1, 'all' or comma-separated integers")
+        layers = parts[0] if len(parts) == 1 and "," not in text else parts
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+        idx, squeeze = [int(layers)], True
+    elif isinstance(layers, (list, tuple)) and layers and all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in layers
+    ):
+        idx, squeeze = [int(i) for i in layers], False
+    else:
+        raise ConfigError(f"layers={layers!r}; expected an int, 'all' or a non-empty list of ints")
+    out = []
+    for i in idx:
+        if not -n_hidden_states <= i < n_hidden_states:
+            raise ConfigError(
+                f"layer {i} out of range: the model has {n_hidden_states} hidden states "
+                f"(0 = input embedding .. {n_hidden_states - 1}; negatives count from the end)"
+            )
+        out.append(i % n_hidden_states)
+    return out, squeeze
+
+
+# ---------------------------------------------------------------------------------------------
+# Model resolution
+# ---------------------------------------------------------------------------------------------
+
+
+
+def load_model(
+    spec: str | os.PathLike = "random:m2bert-small",
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "fp32",
+    window_frames: int | None = None,
+    hop_frames: int | None = None,
+    pad_batches: bool = False,
+    feature_memo: FeatureMemo | None = None,
+) -> "Embedder":
+    """Load an :class:`Embedder` from a model dir, a run dir, a checkpoint dir or ``random:CONFIG[:SEED]``.
+
+    ``random:m2bert-small`` (seed 0) is the untrained baseline with the default ``m3bert324``
+    feature set. Everything is validated: the model directory's format and weights (by
+    ``Encoder.from_pretrained``) and that its feature set can be rebuilt and matches the
+    encoder's input width (``CheckpointError`` otherwise).
+    """
+    encoder, source = load_encoder(spec)
+    encoder.eval().requires_grad_(False)  # a fresh object of ours: inference only
+    return Embedder(encoder, device=device, dtype=dtype, window_frames=window_frames,
+                    hop_frames=hop_frames, source=source, pad_batches=pad_batches,
+                    feature_memo=feature_memo)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Embedder
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbedResult:
+    """One item of :meth:`Embedder.iter_embed`: the output, or the error that stopped it."""
+
+    index: int  # position in the input sequence
+    item: Any  # the input (path or waveform)
+    output: Any = None  # clip: (D,) / (n_layers, D); frame: (frames, times_ms)
+    error: str | None = None  # why the item failed (only with errors="skip")
+    n_samples: int = 0  # decoded samples at the model's sample rate (0 if failed)
+
+
+@dataclass
+class Prepared:
+    """Features of one item cut into encoder windows."""
+
+    index: int  # position in the input sequence
+    item: Any  # the input
+    n_frames: int  # frames of the whole item
+    n_samples: int  # samples at the model's rate
+    starts: list[int]  # window start frames
+    windows: list[np.ndarray] = field(default_factory=list)  # each (window_len, C) float32, normalised
+
+
+class Embedder:
+    """Audio -> features -> windowed encoder -> selected hidden states -> pooling.
+
+    Attributes: ``sample_rate`` (Hz the model expects), ``n_hidden_states`` (embedding + layers
+    [+ enrichment]), ``layer_dims`` (width of each), ``model_id`` (hash of weights + config, a
+    cache key), ``device``, ``dtype`` (``"fp32"`` or ``"bf16"`` autocast), ``window_frames`` /
+    ``hop_frames`` (long-audio windows), ``feature_set``, ``encoder``.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        *,
+        feature_set: Any = None,
+        device: str | torch.device | None = None,
+        dtype: str = "fp32",
+        window_frames: int | None = None,
+        hop_frames: int | None = None,
+        source: str = "<in memory>",
+        pad_batches: bool = False,
+        feature_memo: FeatureMemo | None = None,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype={dtype!r}; expected one of {list(DTYPES)}")
+        self.source = source
+        if feature_set is None:
+            feature_set = check_feature_set(encoder, source=source)
+        elif int(feature_set.n_channels) != int(encoder.cfg.n_input):
+            raise CheckpointError(
+                f"{source}: feature set {feature_set.name!r} gives {feature_set.n_channels} channels "
+                f"but the encoder expects n_input={encoder.cfg.n_input}"
+            )
+        self.feature_set = feature_set
+        self.cmvn_mode = _cmvn_mode(feature_set)
+        if self.cmvn_mode == "corpus" and not _has_corpus_stats(feature_set):
+            raise CheckpointError(f"{source}: feature set uses corpus CMVN but carries no cmvn_stats")
+        self.dtype = dtype
+        # The encoder is used as given (no requires_grad or train-mode changes leak to a caller
+        # that is still training it); forward passes run in eval mode under inference_mode.
+        self.encoder = encoder if device is None else encoder.to(torch.device(device))
+        max_frames = int(encoder.cfg.max_frames)
+        self.window_frames = int(window_frames or max_frames)
+        if not 0 < self.window_frames <= max_frames:
+            raise ConfigError(f"window_frames={window_frames}; expected 1..{max_frames} (the model's max_frames)")
+        # Default overlap: 1/6 of the window (5 s of a 30 s window), so after stitching every
+        # frame away from the file's ends has >= 2.5 s of context on both sides, for ~20 %
+        # extra encoder work on long files.
+        self.hop_frames = int(hop_frames or max(1, self.window_frames - self.window_frames // 6))
+        if not 0 < self.hop_frames <= self.window_frames:
+            raise ConfigError(f"hop_frames={hop_frames}; expected 1..window_frames={self.window_frames}")
+        # False: only windows of equal length share an encoder batch, so no frame is ever padded
+        # and every output is bitwise independent of what else was in the batch (measured on CPU:
+        # padding + key mask changes outputs by ~1e-6). True: pad mixed lengths together (faster
+        # on a GPU with many short clips), outputs equal to ~1e-6.
+        self.pad_batches = bool(pad_batches)
+        self.feature_memo = feature_memo  # optional, shared with other Embedders over the same audio
+        self._model_id: str | None = None
+
+    # -- facts --------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.feature_set.sample_rate)
+
+    @property
+    def n_hidden_states(self) -> int:
+        return int(self.encoder.n_hidden_states)
+
+    @property
+    def layer_dims(self) -> list[int]:
+        return list(self.encoder.layer_dims)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the encoder's weights are (follows ``embedder.encoder.to(...)``)."""
+        return next(self.encoder.parameters()).device
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.sample_rate) / float(self.feature_set.hop_length)
+
+    @property
+    def model_id(self) -> str:
+        """SHA-1 (16 hex) of the architecture, the feature-set description and every weight.
+
+        Outputs also depend on ``dtype`` and the window settings, which are not part of the id
+        (``m3bert embed`` records them next to it)."""
+        if self._model_id is None:
+            self._model_id = model_id(self.encoder, self.feature_set.to_dict())
+        return self._model_id
+
+    def __repr__(self) -> str:
+        return (f"Embedder(source={self.source!r}, layers={self.n_hidden_states}, dims={self.layer_dims}, "
+                f"feature_set={self.feature_set.name!r}, dtype={self.dtype!r}, window={self.window_frames}, "
+                f"hop={self.hop_frames})")
+
+    def output_shape(self, *, level: str = "clip", layers: Any = -1, pool: str = "mean",
+                     n_frames: int | None = None) -> tuple[int, ...]:
+        """Shape of one output for these settings (frame level: with ``n_frames`` frames)."""
+        idx, squeeze = parse_layers(layers, self.n_hidden_states)
+        dim = self._stack_dim(idx)
+        if level == "clip":
+            dim = dim * (2 if pool == "meanstd" else 1)
+            return (dim,) if squeeze else (len(idx), dim)
+        t = -1 if n_frames is None else int(n_frames)
+        return (t, dim) if squeeze else (len(idx), t, dim)
+
+    # -- public API -----------------------------------------------------------------------------
+    def embed(
+        self,
+        audio: str | os.PathLike | np.ndarray | torch.Tensor,
+        *,
+        sample_rate: int | None = None,
+        level: str = "clip",
+        layers: int | str | Sequence[int] = -1,
+        pool: str = "mean",
+    ) -> Any:
+        """Embed one file or waveform.
+
+        ``audio``: a path (decoded and resampled to ``self.sample_rate``), or a mono waveform
+        ``(n_samples,)`` float in [-1, 1] together with its ``sample_rate``.
+        Returns, at clip level, ``(D,)`` for one layer or ``(n_layers, D)`` (``D`` doubled for
+        ``meanstd``); at frame level ``(frames, times_ms)`` with frames ``(T, D)`` or
+        ``(n_layers, T, D)`` and ``times_ms`` ``(T,)`` (frame centres in milliseconds).
+        """
+        (res,) = list(self.iter_embed([audio], sample_rate=sample_rate, level=level, layers=layers,
+                                      pool=pool, batch_size=4, progress=False, errors="raise"))
+        return res.output
+
+    def embed_many(
+        self,
+        items: Iterable[Any],
+        *,
+        sample_rate: int | None = None,
+        level: str = "clip",
+        layers: int | str | Sequence[int] = -1,
+        pool: str = "mean",
+        batch_size: int = 8,
+        progress: bool = True,
+        errors: str = "raise",
+    ) -> list[Any]:
+        """Embed several files/waveforms, ``batch_size`` encoder windows at a time.
+
+        Returns a list of outputs in input order (see :meth:`embed`); with ``errors="skip"``
+        a failed item's output is ``None`` (use :meth:`iter_embed` to see why).
+        """
+        return [r.output for r in self.iter_embed(items, sample_rate=sample_rate, level=level, layers=layers,
+                                                  pool=pool, batch_size=batch_size, progress=progress,
+                                                  errors=errors)]
+
+    def iter_embed(
+        self,
+        items: Iterable[Any],
+        *,
+        sample_rate: int | None = None,
+        level: str = "clip",
+        layers: int | str | Sequence[int] = -1,
+        pool: str = "mean",
+        batch_size: int = 8,
+        progress: bool = True,
+        errors: str = "raise",
+        on_prepare_error: Callable[[Any, Exception], None] | None = None,
+    ) -> Iterator[EmbedResult]:
+        """Yield one :class:`EmbedResult` per item, in input order, holding memory flat.
+
+        Items are read a few at a time until ``batch_size`` windows are ready, run through the
+        encoder together, stitched, pooled and yielded. ``errors="skip"``: an item that cannot be
+        decoded or featurised yields ``EmbedResult(error=...)`` instead of raising.
+        """
+        if level not in LEVELS:
+            raise ConfigError(f"level={level!r}; expected one of {list(LEVELS)}")
+        if level == "clip" and pool not in POOLS:
+            raise ConfigError(f"pool={pool!r}; expected one of {list(POOLS)}")
+        if errors not in ("raise", "skip"):
+            raise ConfigError(f"errors={errors!r}; expected 'raise' or 'skip'")
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size={batch_size}; expected >= 1")
+        idx, squeeze = parse_layers(layers, self.n_hidden_states)
+        self._stack_dim(idx)
+        items = list(items) if not isinstance(items, list) else items
+        bar = None
+        if progress:
+
+            bar = tqdm(total=len(items), desc="embed", unit="file")
+        try:
+            pending: list[Prepared] = []
+            n_windows = 0
+            for i, item in enumerate(items):
+                try:
+                    prep = self.prepare(item, sample_rate=sample_rate, index=i)
+                except M3bertError as exc:
+                    if errors == "raise":
+                        raise
+                    if on_prepare_error is not None:
+                        on_prepare_error(item, exc)
+                    # flush what came before so output order is kept
+                    yield from self._finish(pending, idx, squeeze, level, pool, batch_size, bar)
+                    pending, n_windows = [], 0
+                    if bar is not None:
+                        bar.update(1)
+                    yield EmbedResult(index=i, item=item, error=str(exc))
+                    continue
+                pending.append(prep)
+                n_windows += len(prep.windows)
+                if n_windows >= batch_size:
+                    yield from self._finish(pending, idx, squeeze, level, pool, batch_size, bar)
+                    pending, n_windows = [], 0
+            yield from self._finish(pending, idx, squeeze, level, pool, batch_size, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _stack_dim(self, idx: list[int]) -> int:
+        dims = {self.layer_dims[i] for i in idx}
+        if len(dims) != 1:
+            raise ConfigError(
+                f"layers {idx} have different widths {[self.layer_dims[i] for i in idx]}; "
+                "request them separately"
+            )
+        return dims.pop()
+
+    def _waveform(self, item: Any, sample_rate: int | None) -> tuple[np.ndarray, str]:
+        """Decode/validate one input to a mono float32 waveform ``(n_samples,)`` at ``self.sample_rate``."""
+
+        min_samples = int(getattr(self.feature_set, "min_samples", 1))
+        if isinstance(item, (str, os.PathLike)):
+            return load_audio(item, sample_rate=self.sample_rate, min_samples=min_samples), str(item)
+        where = f"waveform ({type(item).__name__})"
+        if isinstance(item, torch.Tensor):
+            item = item.detach().to("cpu", torch.float32).numpy()
+        if not isinstance(item, np.ndarray):
+            raise AudioError(f"{where}: expected a path or a mono waveform (n_samples,) array")
+        if sample_rate is None:
+            raise AudioError(f"{where}: pass sample_rate= with a waveform (the model expects {self.sample_rate} Hz)")
+        x = validate_waveform(item, sample_rate=int(sample_rate), min_samples=1, source=where)
+        x = resample(x, orig_sample_rate=int(sample_rate), sample_rate=self.sample_rate)
+        return validate_waveform(x, sample_rate=self.sample_rate, min_samples=min_samples, source=where), where
+
+    def prepare(self, item: Any, *, sample_rate: int | None = None, index: int = 0) -> Prepared:
+        """Decode/resample ``item``, extract its features and cut them into normalised encoder windows.
+
+        What training on windows (``m3bert.enrich``) caches, so training sees what inference sees.
+        """
+        x, where = self._waveform(item, sample_rate)
+        feature_set = self.feature_set
+        normalize = self.cmvn_mode != "clip"
+        memo = self.feature_memo
+        memo_key = memo.key(feature_set, x, normalize) if memo is not None and memo.max_bytes > 0 else None
+        feats = memo.get(memo_key) if memo_key is not None else None
+        if feats is None:
+            try:
+                feats = feature_set.extract(x, sample_rate=self.sample_rate, normalize=normalize)
+            except M3bertError as exc:
+                raise type(exc)(f"{where}: {exc}") from exc
+            feats = np.asarray(feats, dtype=np.float32)
+            if memo_key is not None:
+                memo.put(memo_key, feats)
+        if feats.ndim != 2 or feats.shape[0] == 0:
+            raise AudioError(f"{where}: no feature frames (audio of {x.size} samples is too short)")
+        n_frames = feats.shape[0]
+        starts = window_starts(n_frames, window=self.window_frames, hop=self.hop_frames)
+        windows = []
+        for s in starts:
+            w = feats[s:s + self.window_frames]
+            windows.append(_normalize_window(feature_set, w) if self.cmvn_mode == "clip" else w)
+        return Prepared(index=index, item=item, n_frames=n_frames, n_samples=int(x.size), starts=starts,
+                         windows=windows)
+
+    def _encode_windows(self, windows: list[np.ndarray], idx: list[int], batch_size: int) -> list[np.ndarray]:
+        """Run the encoder; returns per window ``(n_selected, window_len, D)`` float32."""
+        out: list[np.ndarray | None] = [None] * len(windows)
+        order = sorted(range(len(windows)), key=lambda k: -windows[k].shape[0])  # longest first
+        if self.pad_batches:
+            chunks = [order[b0:b0 + batch_size] for b0 in range(0, len(order), batch_size)]
+        else:  # only equal-length windows share a batch: no padding, results independent of batching
+            by_len: dict[int, list[int]] = {}
+            for k in order:
+                by_len.setdefault(windows[k].shape[0], []).append(k)
+            chunks = [g[b0:b0 + batch_size] for g in by_len.values() for b0 in range(0, len(g), batch_size)]
+        device = self.device
+        autocast_dtype = DTYPES[self.dtype]
+        # One autocast context for all chunks: its cache keeps the bf16 copies of the weights
+        # across forward passes instead of re-casting them for every chunk.
+        precision = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                     else contextlib.nullcontext())
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            with torch.inference_mode(), precision:
+                for chunk in chunks:
+                    lengths = [windows[k].shape[0] for k in chunk]
+                    batch = np.zeros((len(chunk), max(lengths), windows[chunk[0]].shape[1]), dtype=np.float32)
+                    for j, k in enumerate(chunk):
+                        batch[j, : lengths[j]] = windows[k]
+                    frames = torch.from_numpy(batch).to(device)
+                    lens = torch.tensor(lengths, dtype=torch.long, device=device)
+                    states = self.encoder(frames, lens)
+                    sel = torch.stack([states[i].float() for i in idx], dim=1).cpu().numpy()  # (B, n_sel, T, D)
+                    for j, k in enumerate(chunk):
+                        out[k] = sel[j, :, : lengths[j]]
+        finally:
+            self.encoder.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def _finish(self, pending: list[Prepared], idx: list[int], squeeze: bool, level: str, pool: str,
+                batch_size: int, bar: Any) -> Iterator[EmbedResult]:
+        if not pending:
+            return
+        flat = [w for p in pending for w in p.windows]
+        encoded = self._encode_windows(flat, idx, batch_size)
+        pos = 0
+        for p in pending:
+            states = encoded[pos:pos + len(p.windows)]
+            pos += len(p.windows)
+            frames = stitch(states, p.starts, p.n_frames, window=self.window_frames)  # (n_sel, T, D)
+            if level == "clip":
+                out = pool_frames(frames, pool)
+                output: Any = out[0] if squeeze else out
+            else:
+                times = np.asarray(self.feature_set.frame_times_ms(p.n_frames), dtype=np.float64)
+                output = (frames[0] if squeeze else frames, times)
+            if bar is not None:
+                bar.update(1)
+            yield EmbedResult(index=p.index, item=p.item, output=output, n_samples=p.n_samples)
+
+
+
+def _cmvn_mode(feature_set: Any) -> str:
+    mode = getattr(getattr(feature_set, "config", None), "cmvn", "clip")
+    if mode not in ("clip", "corpus", "none"):
+        raise CheckpointError(f"feature set {feature_set.name!r}: cmvn={mode!r}; expected 'clip', 'corpus' or 'none'")
+    return mode
+
+
+def _has_corpus_stats(feature_set: Any) -> bool:
+    d = feature_set.to_dict() if hasattr(feature_set, "to_dict") else {}
+    return bool(d.get("cmvn_stats"))
+
+
+def _normalize_window(feature_set: Any, frames: np.ndarray) -> np.ndarray:
+    """Clip CMVN of one window ``(window_len, C)`` with the feature set's own CMVN (same eps)."""
+    return np.asarray(feature_set.normalize(frames), dtype=np.float32)

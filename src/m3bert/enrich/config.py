@@ -1,0 +1,103 @@
+"""The enrich stage's config: :class:`EnrichConfig`, loaded by the shared loader of :mod:`m3bert.core.config`.
+
+``load_config("configs/multitask.yaml", ["optim.lr=5e-4"])`` = defaults <- YAML <- dotted
+overrides (CLI strings ``"a.b=v"`` or a mapping ``{"a.b": v}``); unknown keys are errors. The
+config is stored in ``run.json``; a config stored by the stage's earlier name (run kind
+``"multitask"``, with ``optim.finetune_encoder_lr_scale``) is upgraded by :func:`upgrade_config_dict`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from m3bert.core.config import Overrides, from_dict
+from m3bert.core.config import load_config as load_dataclass_config
+from m3bert.core.errors import ConfigError
+from m3bert.enrich.heads import HeadConfig
+from m3bert.enrich.sampling import parse_sampling
+from m3bert.models.encoder import EnrichmentConfig
+from m3bert.train.optim import OptimConfig
+from m3bert.train.schedule import ScheduleConfig
+from m3bert.train.weighting import WEIGHTINGS, WeightingConfig
+
+SCENARIOS = ("frozen", "finetune", "scratch")
+
+
+@dataclass
+class EnrichConfig:
+    """Everything that shapes a multi-task enrichment run (stored in run.json)."""
+
+    scenario: str = "frozen"  # "frozen" (paper) | "finetune" | "scratch" (Wu et al.)
+    epochs: int = 10  # training epochs (after any reweight calibration)
+    batch_size: int = 16  # samples per step (paper grid: 16 / 24 / 32)
+    eval_batch_size: int = 32  # samples per evaluation forward pass
+    sampling: str = "proportional"  # "proportional" | "uniform" | "temperature:T"
+    samples_per_epoch: int = 0  # draws per epoch; 0 = the number of distinct training samples
+    enrichment: EnrichmentConfig = field(default_factory=EnrichmentConfig)  # the M3BERT layer (dropout: paper grid .05 / .1)
+    heads: HeadConfig = field(default_factory=HeadConfig)  # per-task heads
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)  # loss balancing
+    # Adam (decoupled decay, never on loss weights); lr 1e-3: the enrichment layer and heads start
+    # from scratch; the non-fused kernel, as enrich always used (earlier runs stay bit-identical)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, fused=False))
+    encoder_lr_scale: float = 0.1  # finetune: encoder lr = optim.lr x this (pre-trained weights move gently)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # lr schedule (paper: 7 % warmup, linear decay)
+    early_stopping: int = 3  # stop after this many epochs without a better validation score; 0 = off
+    checkpoint_every: int = 0  # also save checkpoints/last every this many steps; 0 = end of epoch only
+    log_every: int = 0  # also log a step line every this many steps; 0 = per epoch only
+    seed: int = 0  # seeds initialisation, sampling and dropout
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"scenario={self.scenario!r}; expected one of {SCENARIOS}")
+        parse_sampling(self.sampling)
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; expected a positive integer")
+        for name in ("samples_per_epoch", "early_stopping", "checkpoint_every", "log_every", "threads"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}; expected an integer >= 0")
+        if not self.optim.lr > 0:
+            raise ConfigError(f"optim.lr={self.optim.lr!r}; expected > 0")
+        if not self.encoder_lr_scale > 0:
+            raise ConfigError(f"encoder_lr_scale={self.encoder_lr_scale!r}; expected > 0")
+        if not 0 <= self.enrichment.dropout < 1:
+            raise ConfigError(f"enrichment.dropout={self.enrichment.dropout!r}; expected [0, 1)")
+        if self.weighting.name not in WEIGHTINGS:
+            raise ConfigError(f"weighting.name={self.weighting.name!r}; expected one of {sorted(WEIGHTINGS)}")
+        if self.weighting.reweight_epochs < 1:
+            raise ConfigError(f"weighting.reweight_epochs={self.weighting.reweight_epochs}; expected >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EnrichConfig":
+        """From a stored config (``run.json``), upgrading one stored by the ``multitask`` form."""
+        return from_dict(cls, upgrade_config_dict(data), where="enrich")
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of the stage's earlier ``multitask`` form -> the current form (else unchanged).
+
+    That form kept the finetune encoder's lr factor in ``optim.finetune_encoder_lr_scale`` and
+    always used the non-fused optimiser.
+    """
+    data = copy.deepcopy(dict(data))
+    optim = data.get("optim")
+    if isinstance(optim, dict) and "finetune_encoder_lr_scale" in optim:
+        data.setdefault("encoder_lr_scale", optim.pop("finetune_encoder_lr_scale"))
+        optim.setdefault("fused", False)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Overrides = None) -> EnrichConfig:
+    """Defaults <- YAML file <- dotted overrides (``["a.b=v"]`` or ``{"a.b": v}``); unknown keys are errors."""
+    return load_dataclass_config(EnrichConfig, path, overrides)

@@ -1,0 +1,109 @@
+"""The model of the enrich stage: encoder + enrichment layer + task heads + loss weighting.
+
+* :func:`build_modules`: the M3BERT model is the pre-trained M2BERT encoder plus a shared,
+  time-distributed dense *enrichment* layer (Greer et al. 2023, fig. 1) whose output is the
+  M3BERT representation, plus one head per task on the time average of that output (figs. 3, 4).
+* :func:`make_optimizer`: what trains at which lr in each scenario (Wu et al.): ``frozen`` (the
+  paper's: only enrichment + heads), ``finetune`` (the encoder too, at ``encoder_lr_scale`` x the
+  lr), ``scratch`` (a random encoder of the same architecture, at the full lr).
+* :func:`represent` / :func:`batch_losses`: a :class:`~m3bert.enrich.samples.Batch` -> clip
+  representations -> per-task losses over the rows that carry each task's label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from m3bert.core.errors import CheckpointError
+from m3bert.enrich.config import EnrichConfig
+from m3bert.enrich.heads import MultiTaskHeads, TaskInfo, task_loss, task_weighting
+from m3bert.enrich.samples import Batch
+from m3bert.models.encoder import Encoder, EncoderConfig
+from m3bert.models.hub import load_encoder
+from m3bert.train.optim import make_adam
+from m3bert.train.weighting import LossWeighting
+from m3bert.windows import pool_windows
+
+
+def resolve_encoder(model: str | Path | Encoder) -> tuple[Encoder, str]:
+    """``--model`` (a pre-training run dir, a checkpoint dir, a model dir or ``random:CONFIG[:SEED]``)
+    or an in-memory :class:`Encoder` -> (encoder, source description for run.json)."""
+    if isinstance(model, Encoder):
+        return model, "<in memory>"
+    return load_encoder(model)
+
+
+def build_modules(
+    base: Encoder, tasks: list[TaskInfo], cfg: EnrichConfig
+) -> tuple[Encoder, MultiTaskHeads, LossWeighting]:
+    """The M3BERT model (encoder + enrichment), heads and loss weighting, seeded by ``cfg.seed``.
+
+    ``frozen`` / ``finetune`` start from ``base``'s weights (every key except ``enrichment.*``);
+    ``scratch`` keeps the random initialisation of the same architecture.
+    """
+    mcfg = EncoderConfig.from_dict({**base.cfg.to_dict(), "enrichment": dataclasses.asdict(cfg.enrichment)})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = Encoder(mcfg, feature_set=base.feature_set)
+        heads = MultiTaskHeads(model.layer_dims[-1], tasks, cfg.heads)
+        weighting = task_weighting(tasks, cfg.weighting)
+    if cfg.scenario != "scratch":
+        state = {k: v for k, v in base.state_dict().items() if not k.startswith("enrichment.")}
+        own = model.state_dict()
+        missing = sorted(k for k in own if not k.startswith("enrichment.") and k not in state)
+        if missing:
+            raise CheckpointError(f"pre-trained encoder lacks weights {missing[:5]} for its own architecture")
+        own.update(state)
+        model.load_state_dict(own, strict=True)
+    trainable_encoder = cfg.scenario != "frozen"
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable_encoder or name.startswith("enrichment."))
+    return model, heads, weighting
+
+
+def make_optimizer(model: Encoder, heads: MultiTaskHeads, weighting: LossWeighting, cfg: EnrichConfig) -> torch.optim.Optimizer:
+    """Adam (decoupled decay) with param groups: enrichment + heads (lr), loss weights (lr, no decay),
+    encoder (``encoder_lr_scale`` x lr when finetuning, the full lr from scratch)."""
+    o = cfg.optim
+    groups = [
+        {"name": "enrichment+heads", "params": list(model.enrichment.parameters()) + list(heads.parameters()),
+         "lr": o.lr, "base_lr": o.lr, "weight_decay": o.weight_decay},
+    ]
+    wparams = [p for p in weighting.parameters() if p.requires_grad]
+    if wparams:
+        groups.append({"name": "loss-weights", "params": wparams, "lr": o.lr, "base_lr": o.lr, "weight_decay": 0.0})
+    if cfg.scenario != "frozen":
+        enc_lr = o.lr * (cfg.encoder_lr_scale if cfg.scenario == "finetune" else 1.0)
+        enc = [p for n, p in model.named_parameters() if not n.startswith("enrichment.")]
+        groups.append({"name": "encoder", "params": enc, "lr": enc_lr, "base_lr": enc_lr, "weight_decay": o.weight_decay})
+    return make_adam(groups, o)
+
+
+def set_train_mode(model: Encoder, heads: MultiTaskHeads, scenario: str) -> None:
+    """Train mode for what trains; a frozen encoder stays in eval mode (no dropout), as when cached."""
+    heads.train()
+    model.train(scenario != "frozen")
+    model.enrichment.train()
+
+
+def represent(model: Encoder, batch: Batch, *, input_kind: str) -> torch.Tensor:
+    """The M3BERT clip representation ``(B, D)``: time average of the enrichment output.
+
+    Enrichment is per frame, so it commutes with stitching: on cached stitched hidden states this
+    *is* the exported model's clip embedding.
+    """
+    if input_kind == "hidden":
+        enriched = model.enrichment(batch.inputs)  # (W, T, D)
+    else:
+        enriched = model(batch.inputs, batch.lengths)[-1]  # (W, T, D)
+    return pool_windows(enriched, batch.frame_weights, batch.owner, batch.n_samples)
+
+
+def batch_losses(model: Encoder, heads: MultiTaskHeads, batch: Batch, *, input_kind: str) -> dict[str, torch.Tensor]:
+    """Per-task mean losses over the rows carrying each task's label (absent tasks left out)."""
+    pooled = represent(model, batch, input_kind=input_kind)
+    outputs = heads(pooled, batch.rows)
+    return {t: task_loss(heads.tasks[t].label_type, out, batch.targets[t], batch.masks[t]) for t, out in outputs.items()}

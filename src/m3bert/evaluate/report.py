@@ -1,0 +1,391 @@
+"""Benchmark report: ``results.json`` (every number), ``report.md`` and a self-contained ``report.html``.
+
+``write_report(results, out_dir, sections=[...])`` writes ``results.json`` first and renders both
+reports *from the file it just wrote* (re-read from disk), so a report can never show a number
+that results.json does not hold. Plots are drawn on plain matplotlib figures (no pyplot state, no
+GUI backend: PNG goes through Agg); the HTML embeds them as base64 PNG, the Markdown links the
+same PNGs under ``figures/``.
+
+Extra sections (the demo's masking ablation, a training curve, ...) are :class:`Section` objects:
+a title, Markdown-ish text, an optional table and optional figures. They are stored in
+``results.json["sections"]`` (figures as base64 PNG) and rendered after the standard sections::
+
+    write_report(results, "out/report", sections=[
+        Section("Masking ablation", text="Pre-trained 2k steps per policy.",
+                table=Table(["policy", "accuracy"], [["CFM", 0.61], ["CCM", 0.58]]),
+                figures=[Figure("loss curves", png_bytes)])])
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+import matplotlib.figure
+import matplotlib.pyplot as plt
+
+from m3bert.core.errors import DataError
+from m3bert.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+
+DECIMALS = 3  # digits shown for metric values in tables
+
+
+@dataclass
+class Table:
+    """A small table: header names and rows of cells (str or numbers; floats get DECIMALS digits)."""
+
+    headers: list[str]  # column names
+    rows: list[list[Any]]  # one list of cells per row, len(headers) each
+
+
+@dataclass
+class Figure:
+    """A PNG image with a caption."""
+
+    caption: str  # shown under the image
+    png: bytes  # PNG file content (e.g. from figure_png(fig))
+
+
+@dataclass
+class Section:
+    """An extra report section rendered after the standard ones."""
+
+    title: str  # section heading
+    text: str = ""  # paragraphs (blank-line separated); Markdown in report.md, escaped text in HTML
+    table: Table | None = None  # optional table
+    figures: list[Figure] = field(default_factory=list)  # optional images
+
+    def to_dict(self) -> dict[str, Any]:
+        for row in (self.table.rows if self.table else []):
+            if len(row) != len(self.table.headers):
+                raise DataError(f"section {self.title!r}: a table row has {len(row)} cells, expected {len(self.table.headers)}")
+        return {"title": self.title, "text": self.text,
+                "table": {"headers": list(self.table.headers), "rows": [list(r) for r in self.table.rows]} if self.table else None,
+                "figures": [{"caption": f.caption, "png_base64": base64.b64encode(f.png).decode("ascii")} for f in self.figures]}
+
+
+def figure_png(fig: Any, *, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes, then closed (a pyplot figure is released; others need no closing)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers -> text
+
+
+def fmt_number(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.{DECIMALS}f}"
+
+
+def fmt_summary(s: dict[str, Any]) -> str:
+    """``mean ± half-width of the 95 % CI`` (just the mean with one seed)."""
+    if s.get("half_width") is None:
+        return fmt_number(s["mean"])
+    return f"{fmt_number(s['mean'])} ± {fmt_number(s['half_width'])}"
+
+
+def _columns(res: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(task, metric key, column label); "score" when a task averages several metrics (MARBLE)."""
+    cols = []
+    for t in res["tasks"]:
+        for m in t["metrics"]:
+            cols.append((t["name"], m, f"{t['name']} {m}"))
+        if len(t["score_metrics"]) > 1:
+            cols.append((t["name"], "score", f"{t['name']} score"))
+    return cols
+
+
+def _row(res: dict[str, Any], rep: str, task: str) -> dict[str, Any] | None:
+    for r in res["results"]:
+        if r["representation"] == rep and r["task"] == task:
+            return r
+    return None
+
+
+def _noise(res: dict[str, Any], rep: str, task: str) -> dict[str, Any] | None:
+    for c in res.get("comparisons", []):
+        if c["representation"] == rep and c["task"] == task:
+            return c
+    return None
+
+
+def main_table(res: dict[str, Any]) -> Table:
+    """Rows: representations; columns: task metrics, cells ``mean ± CI`` with best / within-noise marks."""
+    cols = _columns(res)
+    rows = []
+    for rep in [r["name"] for r in res["representations"]]:
+        row: list[Any] = [rep]
+        for task, metric, _ in cols:
+            r = _row(res, rep, task)
+            if r is None or not r["runs"]:
+                row.append("–")
+                continue
+            s = r["summary"]["score"] if metric == "score" else r["summary"]["metrics"][metric]
+            cell = fmt_summary(s)
+            c = _noise(res, rep, task)
+            primary = metric == ("score" if len([t for t in res["tasks"] if t["name"] == task][0]["score_metrics"]) > 1
+                                 else [t for t in res["tasks"] if t["name"] == task][0]["score_metrics"][0])
+            if c is not None and primary:
+                if c["is_best"]:
+                    cell = f"**{cell}**"
+                elif c["within_noise"]:
+                    cell = f"{cell} ≈"
+            row.append(cell)
+        rows.append(row)
+    return Table(["representation"] + [c[2] for c in cols], rows)
+
+
+def taxonomy_table(res: dict[str, Any]) -> Table:
+    levels = list(dict.fromkeys(t["level"] for t in res.get("taxonomy", [])))
+    rows = []
+    for rep in [r["name"] for r in res["representations"]]:
+        row: list[Any] = [rep]
+        for lev in levels:
+            hit = [t for t in res["taxonomy"] if t["representation"] == rep and t["level"] == lev]
+            row.append(fmt_summary(hit[0]["score"]) if hit else "–")
+        rows.append(row)
+    return Table(["representation"] + [f"{lev} (mean task score)" for lev in levels], rows)
+
+
+def selection_table(res: dict[str, Any]) -> Table:
+    rows = []
+    for r in res["results"]:
+        for run in r["runs"]:
+            sel = run["selected"]
+            if sel.get("predictor") == "chance":
+                rows.append([r["representation"], r["task"], run["seed"], "chance", "–", "–", "–"])
+                continue
+            layer = sel.get("layer_name") or sel.get("layer")
+            rows.append([r["representation"], r["task"], run["seed"], layer, sel.get("lr"), sel.get("best_epoch"),
+                         sel.get("valid_score")])
+    return Table(["representation", "task", "seed", "layer", "lr", "best epoch", "valid score"], rows)
+
+
+def tasks_table(res: dict[str, Any]) -> Table:
+    rows = []
+    for t in res["tasks"]:
+        n = t["n_clips"]
+        rows.append([t["name"], t["taxonomy"], t["label_type"], len(t["classes"]), n["train"], n["valid"], n["test"],
+                     ", ".join(t["score_metrics"]), len(t["skipped"])])
+    return Table(["task", "level", "labels", "classes", "train", "valid", "test", "score", "skipped"], rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def task_bars_png(res: dict[str, Any]) -> bytes:
+    """One panel per task: the task score of each representation, error bars = 95 % CI."""
+    tasks = [t["name"] for t in res["tasks"]]
+    reps = [r["name"] for r in res["representations"]]
+    n_cols = min(3, max(1, len(tasks)))
+    n_rows = math.ceil(len(tasks) / n_cols)
+    fig = matplotlib.figure.Figure(figsize=(4.2 * n_cols, 2.8 * n_rows + 0.4))
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    colors = matplotlib.colormaps["tab10"]
+    for k, task in enumerate(tasks):
+        ax = axes[k // n_cols][k % n_cols]
+        means, errs = [], []
+        for rep in reps:
+            r = _row(res, rep, task)
+            s = r["summary"]["score"] if r and r["runs"] else None
+            means.append(s["mean"] if s else float("nan"))
+            errs.append((s["half_width"] or 0.0) if s else 0.0)
+        ax.bar(range(len(reps)), means, yerr=errs, capsize=3, color=[colors(i % 10) for i in range(len(reps))])
+        ax.set_xticks(range(len(reps)))
+        ax.set_xticklabels(reps, rotation=30, ha="right", fontsize=8)
+        score = [t for t in res["tasks"] if t["name"] == task][0]["score_metrics"]
+        ax.set_title(f"{task}\n({' + '.join(score)})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for k in range(len(tasks), n_rows * n_cols):
+        axes[k // n_cols][k % n_cols].axis("off")
+    fig.suptitle(f"Task scores, protocol {res['protocol']['name']}, mean ± 95 % CI over {len(res['seeds'])} seed(s)", fontsize=10)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def taxonomy_png(res: dict[str, Any]) -> bytes:
+    """Mean task score per MARBLE taxonomy level, grouped by representation."""
+    levels = list(dict.fromkeys(t["level"] for t in res.get("taxonomy", [])))
+    reps = [r["name"] for r in res["representations"]]
+    fig = matplotlib.figure.Figure(figsize=(max(4.5, 1.6 * len(levels) + 2), 3.2))
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(reps))
+    colors = matplotlib.colormaps["tab10"]
+    for i, rep in enumerate(reps):
+        xs, ms, es = [], [], []
+        for j, lev in enumerate(levels):
+            hit = [t for t in res["taxonomy"] if t["representation"] == rep and t["level"] == lev]
+            if hit:
+                xs.append(j + (i - (len(reps) - 1) / 2) * width)
+                ms.append(hit[0]["score"]["mean"])
+                es.append(hit[0]["score"]["half_width"] or 0.0)
+        ax.bar(xs, ms, width=width, yerr=es, capsize=2, label=rep, color=colors(i % 10))
+    ax.set_xticks(range(len(levels)))
+    ax.set_xticklabels(levels)
+    ax.set_ylabel("mean task score")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Per taxonomy level (MARBLE): mean of task scores, 95 % CI over seeds", fontsize=10)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering
+
+
+def _standard_sections(res: dict[str, Any]) -> list[dict[str, Any]]:
+    p = res["protocol"]
+    pr = p["probe"]
+    intro = (f"Protocol **{p['name']}**: {p['description']}. Pooling `{p['pooling']}`, split `{p['split']}`; probe hidden "
+             f"{pr['hidden']}, dropout {pr['dropout']}, batch {pr['batch_size'] or 'min(200, n)'}, lrs {pr['lrs']}, "
+             f"layers `{pr['layers']}`, max {pr['max_epochs']} epochs. Seeds {res['seeds']}.\n\n"
+             f"Cells: mean ± half-width of the 95 % t-interval over seeds. In each task's score column **bold** = best, "
+             f"≈ = within noise of the best ({res['noise_rule']}).")
+    secs = [
+        {"title": "Results", "text": intro, "table": _table_dict(main_table(res)),
+         "figures": [{"caption": "Per-task scores (error bars: 95 % CI)", "png": task_bars_png(res)}]},
+    ]
+    if res.get("taxonomy"):
+        secs.append({"title": "Per taxonomy level", "text": "Mean task score of the tasks at each MARBLE level, per seed, "
+                     "then mean ± 95 % CI over seeds.", "table": _table_dict(taxonomy_table(res)),
+                     "figures": [{"caption": "Mean task score per taxonomy level", "png": taxonomy_png(res)}]})
+    secs.append({"title": "Tasks", "text": "", "table": _table_dict(tasks_table(res)), "figures": []})
+    secs.append({"title": "Selected probes", "text": "The probe (layer, learning rate) chosen on validation for each seed.",
+                 "table": _table_dict(selection_table(res)), "figures": []})
+    fails = [[r["representation"], r["task"], f["clip_id"], f["error"]] for r in res["results"] for f in r["failures"]]
+    skipped = [[t["name"], s[0], s[1]] for t in res["tasks"] for s in t["skipped"]]
+    if fails or skipped:
+        text = f"{len(skipped)} item(s) skipped while loading tasks; {len(fails)} clip(s) failed to embed (dropped)."
+        rows = [["(load)", t, i, why] for t, i, why in skipped] + fails
+        secs.append({"title": "Skipped and failed items", "text": text,
+                     "table": {"headers": ["representation", "task", "item", "reason"], "rows": rows[:200]}, "figures": []})
+    v = res["versions"]
+    secs.append({"title": "Provenance", "text": f"Created {res['created']} in {res.get('elapsed_s', '?')} s. Versions: "
+                 + ", ".join(f"{k} {v[k]}" for k in v) + ".", "table": None, "figures": []})
+    return secs
+
+
+def _table_dict(t: Table) -> dict[str, Any]:
+    return {"headers": list(t.headers), "rows": [list(r) for r in t.rows]}
+
+
+def _md_table(t: dict[str, Any]) -> str:
+    esc = lambda c: fmt_number(c).replace("|", "\\|")
+    lines = ["| " + " | ".join(esc(h) for h in t["headers"]) + " |", "|" + "---|" * len(t["headers"])]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in t["rows"]]
+    return "\n".join(lines)
+
+
+def _html_table(t: dict[str, Any]) -> str:
+    def cell(c: Any) -> str:
+        s = html.escape(fmt_number(c))
+        if s.startswith("**") and s.endswith("**"):
+            s = f"<b>{s[2:-2]}</b>"
+        return s
+
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in t["headers"])
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in t["rows"])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _png_of(fig: dict[str, Any]) -> bytes:
+    return fig["png"] if "png" in fig else base64.b64decode(fig["png_base64"])
+
+
+def render_markdown(res: dict[str, Any], sections: list[dict[str, Any]], *, figure_dir: Path | None) -> str:
+    out = [f"# Benchmark report ({res['protocol']['name']})", ""]
+    n_fig = 0
+    for sec in sections:
+        out += [f"## {sec['title']}", ""]
+        if sec.get("text"):
+            out += [sec["text"], ""]
+        if sec.get("table"):
+            out += [_md_table(sec["table"]), ""]
+        for fig in sec.get("figures", []):
+            n_fig += 1
+            name = f"figure-{n_fig:02d}.png"
+            if figure_dir is not None:
+                atomic_write_bytes(figure_dir / name, _png_of(fig))
+            out += [f"![{fig['caption']}](figures/{name})", "", f"*{fig['caption']}*", ""]
+    return "\n".join(out)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}img{max-width:100%}figcaption{font-size:12px;color:#555}"""
+
+
+def render_html(res: dict[str, Any], sections: list[dict[str, Any]]) -> str:
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>m3bert benchmark</title><style>{_CSS}</style></head><body>",
+             f"<h1>Benchmark report ({html.escape(res['protocol']['name'])})</h1>"]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec['title'])}</h2>")
+        for para in (sec.get("text") or "").split("\n\n"):
+            if para.strip():
+                text = html.escape(para)
+                while text.count("**") >= 2:
+                    text = text.replace("**", "<b>", 1).replace("**", "</b>", 1)
+                parts.append(f"<p>{text}</p>")
+        if sec.get("table"):
+            parts.append(_html_table(sec["table"]))
+        for fig in sec.get("figures", []):
+            b64 = base64.b64encode(_png_of(fig)).decode("ascii")
+            parts.append(f"<figure><img alt='{html.escape(fig['caption'])}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption>{html.escape(fig['caption'])}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path, *, sections: Sequence[Section] = ()) -> dict[str, Path]:
+    """Write ``results.json``, ``report.md`` (+ ``figures/``) and ``report.html`` into ``out_dir``.
+
+    ``sections`` are appended to ``results["sections"]`` (so they are in results.json too) and
+    rendered after the standard sections. Returns the paths written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = dict(results)
+    res["sections"] = list(results.get("sections", [])) + [s.to_dict() for s in sections]
+    atomic_write_json(out / "results.json", res)
+    loaded = read_json(out / "results.json")  # render from what is on disk, nothing else
+    secs = _standard_sections(loaded) + loaded.get("sections", [])
+    md = render_markdown(loaded, secs, figure_dir=out / "figures")
+    atomic_write_text(out / "report.md", md)
+    atomic_write_text(out / "report.html", render_html(loaded, secs))
+    return {"results": out / "results.json", "markdown": out / "report.md", "html": out / "report.html"}
+
+
+def summary_lines(res: dict[str, Any]) -> list[str]:
+    """The main table as aligned plain text for the terminal."""
+    t = main_table(res)
+    cols = [[str(h) for h in t.headers]] + [[fmt_number(c).replace("**", "") for c in r] for r in t.rows]
+    widths = [max(len(row[i]) for row in cols) for i in range(len(t.headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cols]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    res = read_json(path)
+    if res.get("format") != "m3bert-bench-results":
+        raise DataError(f"{path}: not an m3bert benchmark results file (format={res.get('format')!r})")
+    return res

@@ -1,0 +1,7 @@
+"""Self-supervised pre-training of an encoder on a feature store.
+
+``masking`` (CFM, CCM, patch masking as pure seeded functions), ``objectives`` (the registry of
+pre-training objectives: masked reconstruction with a Huber loss), ``data`` (deterministic
+batches of store chunks) and ``loop`` (the training loop with exact resume and DDP). Builds on
+``train`` (optimiser, schedule, checkpoints, run directory); never imports ``enrich``.
+"""

@@ -1,0 +1,23 @@
+"""Downstream tasks: the registry (with the MARBLE taxonomy), metrics, real-dataset loaders and the
+built-in corpus tasks.
+
+Importing this package registers every task: ``get_task("gtzan-genre")``,
+``load_task("gtzan-genre:/data/gtzan")``. Training (``enrich``) and evaluation (``evaluate``) both
+read tasks from here; nothing here trains or embeds.
+"""
+
+from m3bert.tasks import builtin as _builtin  # noqa: F401,E402  (registers the builtin-* tasks)
+from m3bert.tasks import datasets as _datasets  # noqa: F401,E402  (registers the real-dataset tasks)
+from m3bert.tasks.registry import (  # noqa: F401  (registry first: the loaders below register into it)
+    LABEL_TYPES,
+    SPLITS,
+    TAXONOMY,
+    Clip,
+    Task,
+    TaskData,
+    available_tasks,
+    get_task,
+    load_task,
+    parse_task_spec,
+    register_task,
+)
