@@ -69,7 +69,7 @@ def clips():
 
 def save_tiny(path, *, seed=0, **overrides):
     enc = create_model("m2bert-tiny", seed=seed, **overrides)
-    enc.feature_set = get_feature_set("m3bert324").to_dict()
+    enc.feature_config = get_feature_set("m3bert324").to_dict()
     enc.save_pretrained(path)
     return enc
 
@@ -309,7 +309,7 @@ def test_refuses_mismatched_model_dirs(tmp_path):
 
     narrow = tmp_path / "narrow"  # encoder takes 100 channels, feature set gives 324
     enc = create_model("m2bert-tiny", seed=0, n_input=100)
-    enc.feature_set = get_feature_set("m3bert324").to_dict()
+    enc.feature_config = get_feature_set("m3bert324").to_dict()
     enc.save_pretrained(narrow)
     with pytest.raises(CheckpointError, match="324 channels but the encoder expects n_input=100"):
         load_model(narrow)

@@ -37,7 +37,7 @@ def music(tmp_path_factory):
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model")
     enc = create_model("m2bert-tiny", seed=4)
-    enc.feature_set = get_feature_set("m3bert324").to_dict()
+    enc.feature_config = get_feature_set("m3bert324").to_dict()
     enc.save_pretrained(path)
     return path
 

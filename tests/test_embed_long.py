@@ -43,7 +43,7 @@ def test_three_minutes_whole_vs_windowed(fs):
     """
     x = np.concatenate([make_test_signal(10.0, seed=i) for i in range(18)])
     enc = create_model("m2bert-tiny", seed=0, max_frames=8000, positional="learned")
-    enc.feature_set = fs.to_dict()
+    enc.feature_config = fs.to_dict()
     whole = Embedder(enc, feature_set=fs, window_frames=8000)
     windowed = Embedder(enc, feature_set=fs, window_frames=1294)
     a, t_a = whole.embed(x, sample_rate=SR, level="frame", layers="all")
@@ -69,7 +69,7 @@ def test_stitched_frames_come_from_the_most_central_window(fs):
     and encoded alone; every stitched frame must be that of its owner window."""
     x = make_test_signal(20.0, seed=3)
     enc = create_model("m2bert-tiny", seed=1).eval()  # eval: the reference below calls it directly
-    enc.feature_set = fs.to_dict()
+    enc.feature_config = fs.to_dict()
     emb = Embedder(enc, feature_set=fs, window_frames=300, hop_frames=200)
     frames, times = emb.embed(x, sample_rate=SR, level="frame", layers="all")
     raw = fs.extract(x, sample_rate=SR, normalize=False)
@@ -97,7 +97,7 @@ def test_stitched_frames_come_from_the_most_central_window(fs):
 
 def test_window_settings_are_validated(fs):
     enc = create_model("m2bert-tiny", seed=0)
-    enc.feature_set = fs.to_dict()
+    enc.feature_config = fs.to_dict()
     from m3bert.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_frames"):

@@ -70,7 +70,7 @@ def test_bf16_autocast_close_to_fp32():
 
 def test_save_load_roundtrip_and_refusals(tmp_path):
     fs = {"name": "fake", "config": {"a": 1}, "cmvn_stats": None}
-    m = Encoder(get_model_config("m2bert-tiny"), feature_set=fs)
+    m = Encoder(get_model_config("m2bert-tiny"), feature_config=fs)
     d = m.save_pretrained(tmp_path / "model", extra={"note": "x"})
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["format"] == "m3bert-model" and cfg["feature_set"] == fs and cfg["note"] == "x"

@@ -22,7 +22,7 @@ def make_run(root, *, kind="pretrain", enrichment=False, with_best=True):
     for seed, name in enumerate(names):
         extra = {"enrichment": EnrichmentConfig(n_layers=1, dim=32)} if enrichment else {}
         enc = create_model("m2bert-tiny", seed=seed + 10, **extra)
-        enc.feature_set = fs
+        enc.feature_config = fs
         ckpt = root / "checkpoints" / name
         enc.save_pretrained(ckpt, extra={"step": 100 * (seed + 1)})
         (ckpt / "state.json").write_text(json.dumps({"step": 100 * (seed + 1)}))

@@ -35,7 +35,7 @@ def one_thread():
 def pretrained(tmp_path_factory):
     """A (randomly initialised) tiny M2BERT saved as a model directory, standing in for a pre-training run."""
     enc = create_model("m2bert-tiny", seed=11)
-    enc.feature_set = get_feature_set("m3bert324").to_dict()
+    enc.feature_config = get_feature_set("m3bert324").to_dict()
     return enc.save_pretrained(tmp_path_factory.mktemp("m2bert") / "model")
 
 

@@ -150,7 +150,7 @@ def test_checkpoint_roundtrip_refusals_and_atomic_swap(tmp_path, monkeypatch):
 
     fs = {"name": "fake", "config": {}, "cmvn_stats": None}
     enc = create_model("m2bert-tiny", seed=0)
-    enc.feature_set = fs
+    enc.feature_config = fs
     head = ReconstructionHead(64, 324)
     opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=1e-3)
     (enc(torch.randn(2, 10, 324))[-1].sum() + head(torch.randn(2, 64)).sum()).backward()
@@ -160,7 +160,7 @@ def test_checkpoint_roundtrip_refusals_and_atomic_swap(tmp_path, monkeypatch):
     expected_draw = torch.rand(3)
 
     enc2, head2 = create_model("m2bert-tiny", seed=1), ReconstructionHead(64, 324)
-    enc2.feature_set = fs
+    enc2.feature_config = fs
     opt2 = torch.optim.Adam([*enc2.parameters(), *head2.parameters()], lr=1e-3)
     state = load_checkpoint(d, model=enc2, modules={"head": head2}, optimizer=opt2)
     assert state == {"step": 7}
@@ -171,10 +171,10 @@ def test_checkpoint_roundtrip_refusals_and_atomic_swap(tmp_path, monkeypatch):
     assert not any(p.suffix == ".pkl" or p.suffix == ".pt" for p in d.iterdir())
 
     other = create_model("m2bert-mini")
-    other.feature_set = fs
+    other.feature_config = fs
     with pytest.raises(CheckpointError, match="model differs"):
         load_checkpoint(d, model=other)
-    enc2.feature_set = {**fs, "name": "other"}
+    enc2.feature_config = {**fs, "name": "other"}
     with pytest.raises(CheckpointError, match="feature_set differs"):
         load_checkpoint(d, model=enc2)
     with pytest.raises(CheckpointError, match="no weights for module"):
@@ -240,7 +240,7 @@ def test_learning_check(tmp_path, store):
 
     cfg.model.n_input = 324
     torch.manual_seed(cfg.seed)
-    enc = Encoder(cfg.model, feature_set=store.feature_set.to_dict())
+    enc = Encoder(cfg.model, feature_config=store.feature_set.to_dict())
     obj = create_objective(cfg.objective, encoder_cfg=cfg.model, spec=store.feature_set.spec, masking=cfg.masking)
     train_idx, val_idx = split_by_group(store_groups(store), val_fraction=cfg.data.val_fraction, seed=cfg.seed)
     untrained = validate(PretrainModule(enc, obj), store, val_idx, cfg, dist=Dist(), autocast=contextlib.nullcontext)[key]

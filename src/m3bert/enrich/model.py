@@ -47,7 +47,7 @@ def build_modules(
     mcfg = EncoderConfig.from_dict({**base.cfg.to_dict(), "enrichment": dataclasses.asdict(cfg.enrichment)})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = Encoder(mcfg, feature_set=base.feature_set)
+        model = Encoder(mcfg, feature_config=base.feature_config)
         heads = MultiTaskHeads(model.layer_dims[-1], tasks, cfg.heads)
         weighting = task_weighting(tasks, cfg.weighting)
     if cfg.scenario != "scratch":

@@ -215,7 +215,7 @@ def prepare_data(
     embedder = _base_embedder(encoder)
     min_samples = int(getattr(embedder.feature_set, "min_samples", 1))
     kind = "hidden" if scenario == "frozen" else "windows"
-    ident = embedder.model_id if kind == "hidden" else config_hash(encoder.feature_set or {})
+    ident = embedder.model_id if kind == "hidden" else config_hash(encoder.feature_config or {})
     root = Path(cache_dir) / f"{kind}-{ident}"
     root.mkdir(parents=True, exist_ok=True)
     index_path = root / "index.json"

@@ -208,11 +208,13 @@ class Encoder(nn.Module):
     ``forward(frames (B, T, n_input), lengths (B,)) -> list of (B, T, D_l)`` hidden states.
     """
 
-    def __init__(self, cfg: EncoderConfig, *, feature_set: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: EncoderConfig, *, feature_config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         # Description of the feature set the model was trained on (FeatureSet.to_dict()).
-        self.feature_set = feature_set
+        # FeatureSet.to_dict() of the features it reads (name, config, CMVN stats): a plain
+        # description, stored as "feature_set" in config.json; embed rebuilds the FeatureSet from it
+        self.feature_config = feature_config
         self.input_proj = nn.Linear(cfg.n_input, cfg.hidden)
         if cfg.positional == "learned":
             self.pos = nn.Parameter(torch.zeros(cfg.max_frames, cfg.hidden))
@@ -300,7 +302,7 @@ class Encoder(nn.Module):
             "format_version": MODEL_FORMAT_VERSION,
             "m3bert_version": __version__,
             "model": self.cfg.to_dict(),
-            "feature_set": self.feature_set,
+            "feature_set": self.feature_config,
             "n_parameters": self.num_parameters(),
         }
         if extra:
@@ -334,7 +336,7 @@ class Encoder(nn.Module):
             check_same("model", EncoderConfig.from_dict(expect_model).to_dict(), mcfg.to_dict(), cfg_path)
         if expect_feature_set is not None:
             check_same("feature_set", expect_feature_set, config.get("feature_set"), cfg_path)
-        model = cls(mcfg, feature_set=config.get("feature_set"))
+        model = cls(mcfg, feature_config=config.get("feature_set"))
         try:
             state = load_file(str(weights), device=map_location)
         except Exception as exc:  # safetensors raises several types for corrupt files

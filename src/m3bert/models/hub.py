@@ -102,7 +102,7 @@ def load_encoder(spec: str | os.PathLike) -> tuple[Any, str]:
                 f"{spec}: model config {name!r} takes {encoder.cfg.n_input} input channels but the "
                 f"default feature set {DEFAULT_FEATURE_SET!r} has {feature_set.n_channels}"
             )
-        encoder.feature_set = feature_set.to_dict()
+        encoder.feature_config = feature_set.to_dict()
         return encoder, f"random:{name}:{seed}"
     model_dir = resolve_model_dir(spec)
     return Encoder.from_pretrained(model_dir), str(model_dir)
@@ -133,13 +133,13 @@ def model_id(encoder: Encoder, feature_set: dict[str, Any]) -> str:
 
 def check_feature_set(encoder: Encoder, *, source: str) -> Any:
     """Rebuild the encoder's feature set and check its width; ``CheckpointError`` naming ``source``."""
-    if not encoder.feature_set:
+    if not encoder.feature_config:
         raise CheckpointError(
             f"{source}: the model has no feature_set in its config; it cannot embed audio "
             "(expected the FeatureSet.to_dict() it was trained on)"
         )
     try:
-        feature_set = feature_set_from_dict(encoder.feature_set)
+        feature_set = feature_set_from_dict(encoder.feature_config)
     except M3bertError as exc:
         raise CheckpointError(f"{source}: cannot rebuild the model's feature set ({exc})") from exc
     if int(feature_set.n_channels) != int(encoder.cfg.n_input):

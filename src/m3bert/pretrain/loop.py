@@ -321,7 +321,7 @@ def pretrain(
         # -- model, objective, optimizer ---------------------------------------------------------
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            encoder = Encoder(cfg.model, feature_set=feature_set.to_dict())
+            encoder = Encoder(cfg.model, feature_config=feature_set.to_dict())
             objective = create_objective(cfg.objective, encoder_cfg=cfg.model, spec=feature_set.spec, masking=cfg.masking)
         module = PretrainModule(encoder, objective).to(device)
         optimizer = make_adam(module.parameters(), cfg.optim)

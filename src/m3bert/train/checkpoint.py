@@ -229,7 +229,7 @@ def load_checkpoint(
         except (OSError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{cfg_path}: unreadable model config ({exc})") from exc
         check_same("model", model.cfg.to_dict(), config.get("model"), cfg_path)
-        check_same("feature_set", getattr(model, "feature_set", None), config.get("feature_set"), cfg_path)
+        check_same("feature_set", getattr(model, "feature_config", None), config.get("feature_set"), cfg_path)
         load_state_checked(model, _load(directory / "model.safetensors", map_location), where=str(cfg_path.parent))
     missing = sorted(set(modules or {}) - set(payload.get("modules", [])))
     if missing:
