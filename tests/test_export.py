@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
 from m3bert.app.cli import main
-from m3bert.app.commands.export import export_model
+from m3bert.models.hub import export_model
 from m3bert.embed import load_model
 from m3bert.core.errors import CheckpointError
 from m3bert.features import get_feature_set
@@ -83,3 +85,65 @@ def test_export_falls_back_to_last_and_refuses_bad_runs(tmp_path, capsys):
         export_model(empty, tmp_path / "m3")
     with pytest.raises(CheckpointError, match="needs a run directory"):
         export_model(run / "checkpoints" / "last", tmp_path / "m4", checkpoint="best")
+
+
+# -- issue 12, item 1: export must never delete what it did not create ---------------------------------
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_export_refuses_out_that_holds_or_is_the_source(tmp_path, capsys):
+    """`export RUN_A --out PARENT --overwrite` (PARENT holding runs) deleted every other run with exit 0."""
+    parent = tmp_path / "runs"
+    run_a, run_b = make_run(parent / "a"), make_run(parent / "b")
+    (parent / "notes.txt").write_text("mine")
+    before = _tree(parent)
+    for out in (parent, run_a, run_a / "checkpoints", run_a / "exported", tmp_path):
+        assert main(["export", str(run_a), "--out", str(out), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert "error:" in err and ("source" in err or "not an exported model folder" in err), err
+    assert _tree(parent) == before and (parent / "notes.txt").read_text() == "mine"
+    assert load_model(run_b).n_hidden_states == load_model(run_a).n_hidden_states  # both runs still load
+
+
+def test_export_overwrite_replaces_only_an_exported_model_folder(tmp_path):
+    run = make_run(tmp_path / "run")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.npy").write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match="not an exported model folder"):
+        export_model(run, other, overwrite=True)
+    assert (other / "data.npy").read_bytes() == b"not a model"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(CheckpointError, match="not a folder"):
+        export_model(run, a_file, overwrite=True)
+    assert a_file.read_text() == "x"
+    # an exported model with an extra file of the user's is not ours to delete either
+    out = tmp_path / "model"
+    export_model(run, out)
+    (out / "README.txt").write_text("my notes")
+    with pytest.raises(CheckpointError, match="not an exported model folder"):
+        export_model(run, out, overwrite=True)
+    (out / "README.txt").unlink()
+    export_model(run, out, overwrite=True, checkpoint="last")  # a clean model folder is replaced
+    assert load_model(out).model_id == load_model(run / "checkpoints" / "last").model_id
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    """Atomic writes left 0600 files and 0700 model folders despite umask 022 (issue 12, item 7)."""
+    old = os.umask(0o022)
+    try:
+        run = make_run(tmp_path / "run")
+        out = tmp_path / "model"
+        export_model(run, out)
+        assert stat.S_IMODE(out.stat().st_mode) == 0o755
+        for name in ("config.json", "model.safetensors"):
+            assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+        os.umask(0o077)
+        export_model(run, tmp_path / "private")
+        assert stat.S_IMODE((tmp_path / "private" / "config.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

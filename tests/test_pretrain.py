@@ -18,11 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from m3bert.core.errors import CheckpointError, ConfigError
-from m3bert.train.checkpoint import load_checkpoint, save_checkpoint
+from m3bert.core.errors import CheckpointError, ConfigError, TrainingError
+from m3bert.embed import load_model
+from m3bert.models import create_model
+from m3bert.models.hub import export_model
 from m3bert.pretrain.data import TrainBatches, split_by_group, store_groups
 from m3bert.pretrain.loop import Dist, PretrainModule, load_pretrain_config, pretrain, validate
+from m3bert.train.checkpoint import load_checkpoint, save_checkpoint
 from m3bert.train.schedule import ScheduleConfig, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -349,3 +353,107 @@ def test_ddp_two_cpu_processes_agree_with_one(tmp_path, store_dir, store):
     _assert_same_weights(_weights(tmp_path / "ddp"), _weights(tmp_path / "one"), atol=2e-5)
     val_ddp = [json.loads(x) for x in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines() if "val/" in x][-1]
     assert val_ddp["val/loss[cfm+ccm]"] == pytest.approx(single["val"]["val/loss[cfm+ccm]"], rel=1e-4)
+
+
+# -- issue 12: wrong settings are one error line; a diverging run stops; NaN weights go nowhere ----------
+
+BAD_OVERRIDES = [
+    ("optim.lr=-1", "optim.lr"), ("optim.lr=nan", "finite"), ("optim.lr=.inf", "finite"), ("optim.lr=inf", "number"),
+    ("train.steps=abc", "train.steps"), ("train.steps=2.7", "integer"), ("data.batch_size=abc", "data.batch_size"),
+    ("optim.betas=[1.5, 0.9]", "optim.betas[0]"), ("optim.eps=-1e-8", "optim.eps"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"), ("model.dropout=1.5", "model.dropout"),
+    ("seed=abc", "seed"), ("seed=-1", "seed"), ("train.threads=-1", "train.threads"),
+    ("model.attention_dropout=-0.1", "attention_dropout"), ("masking.cfm.ratio=0", "masking.cfm.ratio"),
+    ("optim.lr=[1", "not valid YAML"), ("train.device=tpu", "train.device"),
+]
+
+
+@pytest.mark.parametrize("override,named", BAD_OVERRIDES)
+def test_bad_setting_is_one_error_line_naming_the_field(tmp_path, store_dir, capsys, override, named):
+    from m3bert.app.cli import main
+
+    rc = main(["pretrain", "--store", str(store_dir), "--config", str(TINY), "--out", str(tmp_path / "r"),
+               "--set", override, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("m3bert pretrain: error:") and named in err, err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_config_file_errors_are_one_line(tmp_path, store_dir, capsys):
+    from m3bert.app.cli import main
+
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("optim:\n  lr: [1e-4\n")
+    assert main(["pretrain", "--store", str(store_dir), "--config", str(bad_yaml), "--out", str(tmp_path / "r")]) == 1
+    assert "not valid YAML" in capsys.readouterr().err
+    not_a_mapping = tmp_path / "list.yaml"
+    not_a_mapping.write_text("optim: 3\n")
+    assert main(["pretrain", "--store", str(store_dir), "--config", str(not_a_mapping), "--out", str(tmp_path / "r")]) == 1
+    assert "optim: expected a mapping" in capsys.readouterr().err
+
+
+def test_resume_of_a_damaged_run_is_one_error_line(tmp_path, store_dir, capsys):
+    from m3bert.app.cli import main
+
+    run = tmp_path / "run"
+    args = ["--set", "train.steps=4", "--set", "train.save_every=2", "--set", "train.threads=1",
+            "--set", "data.max_frames=64", "--no-progress"]
+    assert main(["pretrain", "--store", str(store_dir), "--config", str(TINY), "--out", str(run), *args]) == 0
+    capsys.readouterr()
+    # a torn last line in metrics.jsonl (killed mid-write) is dropped, not a crash
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "train/lo')
+    assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    good = (run / "run.json").read_text()
+    (run / "run.json").write_text(good[: len(good) // 2])
+    assert main(["pretrain", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "run.json: not valid JSON" in err and "Traceback" not in err
+    (run / "run.json").write_text(good)
+    (run / "config.yaml").write_text("optim: {lr: [\n")
+    assert main(["pretrain", "--resume", str(run)]) == 1
+    assert "config.yaml: not valid YAML" in capsys.readouterr().err
+
+
+def test_diverging_run_stops_and_nothing_non_finite_is_saved_or_loaded(tmp_path, store, capsys):
+    """`--set optim.lr=...` that blows the weights up trained, exported and embedded NaN with exit 0."""
+    cfg = tiny("train.steps=20", "train.save_every=1", "train.eval_every=100", "optim.lr=1e30",
+               "optim.max_grad_norm=0", "schedule.warmup_fraction=0")
+    with pytest.raises(TrainingError, match="diverged at step"):
+        pretrain(cfg, store=store, out=tmp_path / "run", progress=False)
+    last = tmp_path / "run" / "checkpoints" / "last"
+    assert all(torch.isfinite(v).all() for v in load_file(str(last / "model.safetensors")).values())
+    # weights that are NaN never reach a checkpoint, an export or an Embedder
+    enc = create_model("m2bert-tiny", seed=0)
+    enc.feature_config = store.feature_set.to_dict()
+    with torch.no_grad():
+        next(enc.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(TrainingError, match="non-finite weights"):
+        save_checkpoint(tmp_path / "ck", model=enc, state={"step": 1})
+    assert not (tmp_path / "ck").exists()
+    enc.save_pretrained(tmp_path / "nan_model")  # a file someone hands us
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        export_model(tmp_path / "nan_model", tmp_path / "exported")
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        load_model(tmp_path / "nan_model")
+
+
+def test_resume_removes_what_a_killed_save_left(tmp_path, store):
+    """A temp checkpoint folder survived kill -9 during save and stayed forever (issue 12, item 9)."""
+    run = tmp_path / "run"
+    pretrain(tiny("train.steps=4", "train.save_every=2", "train.eval_every=100"), store=store, out=run,
+             progress=False, stop_after=2)
+    ckpts = run / "checkpoints"
+    dead = 2 ** 22 + 12345  # above Linux's default pid_max: never a live process
+    (ckpts / f".last.tmp-{dead}").mkdir()
+    (ckpts / f".last.tmp-{dead}" / "model.safetensors").write_bytes(b"half")
+    shutil.copytree(ckpts / "last", ckpts / f".last.old-{dead}")  # redundant: last is in place
+    (ckpts / f".best.old-{dead}").mkdir()  # kept: it is what recovers a missing 'best'
+    mine = ckpts / f".last.tmp-{os.getppid()}"  # another live writer's temp folder is not touched
+    mine.mkdir()
+    pretrain(None, store=store, out=run, resume=True, progress=False)
+    left = sorted(p.name for p in ckpts.iterdir())
+    assert f".last.tmp-{dead}" not in left and f".last.old-{dead}" not in left
+    assert mine.name in left and "last" in left
+    assert "best" in left or f".best.old-{dead}" in left

@@ -12,6 +12,7 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +20,29 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from m3bert.core.errors import CheckpointError
+from m3bert.core.errors import CheckpointError, JSONFileError
+
+
+def _umask() -> int:
+    """The process umask (read without changing it for longer than two calls)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _respect_umask(path: Path, *, directory: bool = False) -> None:
+    """``mkstemp``/``mkdtemp`` create 0600/0700 entries; give the final file the mode a plain
+    ``open``/``mkdir`` would (0666/0777 minus the umask), so models shared between users stay readable."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike, *, prefix: str) -> Path:
+    """A fresh temporary folder inside ``parent`` with the umask's permissions (for :func:`replace_dir`)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
+    _respect_umask(tmp, directory=True)
+    return tmp
 
 
 @contextlib.contextmanager
@@ -37,6 +60,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _respect_umask(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -78,8 +102,16 @@ def json_default(obj: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, "r", encoding="utf-8") as fh:
-        return json.load(fh)
+    """Parse a JSON file; a malformed one is a :class:`JSONFileError` naming the file (never a raw
+    ``JSONDecodeError``), so a torn or hand-edited ``run.json`` ends in one clear error line."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            return json.load(fh)
+    except UnicodeDecodeError as exc:
+        raise JSONFileError(f"{path}: not UTF-8 text ({exc}); expected a JSON file written by m3bert") from None
+    except json.JSONDecodeError as exc:
+        raise JSONFileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                            "expected a JSON file written by m3bert (was it cut short or edited?)") from None
 
 
 def read_format_json(path: str | os.PathLike, *, fmt: str, max_version: int) -> dict[str, Any]:
@@ -187,3 +219,40 @@ def copy_dir_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|copy|old)-(?P<pid>\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return pid != 0
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the debris a killed writer left in ``folder``: ``.NAME.tmp-PID`` / ``.NAME.copy-PID``
+    folders and files of dead processes, and ``.NAME.old-PID`` once ``NAME`` itself is in place
+    (an ``old`` whose ``NAME`` is missing is what :func:`recover_dir` restores, so it is kept).
+    Returns what was removed. Called when a run starts or resumes, so kill -9 during a save never
+    leaves stale copies of a model behind for good."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or _pid_alive(int(m.group("pid"))):
+            continue
+        if m.group("kind") == "old" and not (folder / m.group("name")).exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m3bert.core.config import Overrides, from_dict
+from m3bert.core.config import Overrides, bounded, from_dict
 from m3bert.core.config import load_config as load_dataclass_config
 from m3bert.core.errors import ConfigError
 from m3bert.enrich.heads import HeadConfig
@@ -32,24 +32,24 @@ class EnrichConfig:
     """Everything that shapes a multi-task enrichment run (stored in run.json)."""
 
     scenario: str = "frozen"  # "frozen" (paper) | "finetune" | "scratch" (Wu et al.)
-    epochs: int = 10  # training epochs (after any reweight calibration)
-    batch_size: int = 16  # samples per step (paper grid: 16 / 24 / 32)
-    eval_batch_size: int = 32  # samples per evaluation forward pass
+    epochs: int = bounded(10, ge=1)  # training epochs (after any reweight calibration)
+    batch_size: int = bounded(16, ge=1)  # samples per step (paper grid: 16 / 24 / 32)
+    eval_batch_size: int = bounded(32, ge=1)  # samples per evaluation forward pass
     sampling: str = "proportional"  # "proportional" | "uniform" | "temperature:T"
-    samples_per_epoch: int = 0  # draws per epoch; 0 = the number of distinct training samples
+    samples_per_epoch: int = bounded(0, ge=0)  # draws per epoch; 0 = the number of distinct training samples
     enrichment: EnrichmentConfig = field(default_factory=EnrichmentConfig)  # the M3BERT layer (dropout: paper grid .05 / .1)
     heads: HeadConfig = field(default_factory=HeadConfig)  # per-task heads
     weighting: WeightingConfig = field(default_factory=WeightingConfig)  # loss balancing
     # Adam (decoupled decay, never on loss weights); lr 1e-3: the enrichment layer and heads start
     # from scratch; the non-fused kernel, as enrich always used (earlier runs stay bit-identical)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, fused=False))
-    encoder_lr_scale: float = 0.1  # finetune: encoder lr = optim.lr x this (pre-trained weights move gently)
+    encoder_lr_scale: float = bounded(0.1, gt=0)  # finetune: encoder lr = optim.lr x this (pre-trained weights move gently)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # lr schedule (paper: 7 % warmup, linear decay)
-    early_stopping: int = 3  # stop after this many epochs without a better validation score; 0 = off
-    checkpoint_every: int = 0  # also save checkpoints/last every this many steps; 0 = end of epoch only
-    log_every: int = 0  # also log a step line every this many steps; 0 = per epoch only
-    seed: int = 0  # seeds initialisation, sampling and dropout
-    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    early_stopping: int = bounded(3, ge=0)  # stop after this many epochs without a better validation score; 0 = off
+    checkpoint_every: int = bounded(0, ge=0)  # also save checkpoints/last every this many steps; 0 = end of epoch only
+    log_every: int = bounded(0, ge=0)  # also log a step line every this many steps; 0 = per epoch only
+    seed: int = bounded(0, ge=0)  # seeds initialisation, sampling and dropout
+    threads: int = bounded(0, ge=0)  # torch CPU threads; 0 = leave torch's default
 
     def __post_init__(self) -> None:
         self.validate()

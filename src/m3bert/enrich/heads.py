@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from m3bert.core.config import from_dict
+from m3bert.core.config import bounded, from_dict
 from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_path, atomic_write_json, read_format_json
 from m3bert.models.encoder import load_state_checked
@@ -51,8 +51,8 @@ HEADS_CONFIG = "heads.json"
 class HeadConfig:
     """Per-task output heads on the time-averaged M3BERT representation."""
 
-    hidden: int = 0  # width of one hidden layer (GELU); 0 = a single dense layer (the paper's)
-    dropout: float = 0.0  # dropout on the pooled representation before each head (training only)
+    hidden: int = bounded(0, ge=0)  # width of one hidden layer (GELU); 0 = a single dense layer (the paper's)
+    dropout: float = bounded(0.0, ge=0, lt=1)  # dropout on the pooled representation before each head (training only)
 
 
 @dataclass

@@ -54,6 +54,7 @@ from m3bert.enrich.sampling import epoch_draws, label_shares, parse_sampling, sa
 from m3bert.models.encoder import Encoder
 from m3bert.tasks.metrics import compute_metric, get_metric
 from m3bert.train import checkpoint as ckpt
+from m3bert.train.optim import check_finite_step
 from m3bert.train.run import RUN_FILE, MetricsLog, init_run_dir
 from m3bert.train.schedule import lr_at
 from m3bert.train.weighting import LossWeighting
@@ -377,9 +378,12 @@ def _train(config: EnrichConfig, *, model: str | Path | Encoder, tasks: Sequence
             total, used = weighting.combine(losses)
             opt.zero_grad(set_to_none=True)  # absent heads keep grad None: Adam skips them (no momentum, no decay)
             total.backward()
-            if config.optim.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], config.optim.max_grad_norm)
+            params = [p for g in opt.param_groups for p in g["params"]]
+            grad_norm = nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm if config.optim.max_grad_norm > 0
+                                                 else math.inf)
             factor = lr_at(state.global_step, peak=1.0, total_steps=total_steps, cfg=config.schedule)
+            check_finite_step(step=state.global_step + 1, loss=float(total.detach()), grad_norm=float(grad_norm),
+                              lr=config.optim.lr * factor)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
             opt.step()

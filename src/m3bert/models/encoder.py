@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from m3bert.core.config import from_dict
+from m3bert.core.config import bounded, from_dict
 from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_path, atomic_write_json, read_format_json
 from m3bert.core.registry import Registry
@@ -37,26 +37,26 @@ MODEL_FORMAT_VERSION = 1
 class EnrichmentConfig:
     """The M3BERT multi-task enrichment layer: time-distributed dense layers on the encoder."""
 
-    n_layers: int = 1  # number of dense layers (>= 1)
-    dim: int = 0  # width of each layer; 0 = the encoder's hidden size
-    dropout: float = 0.1  # dropout after each layer (training only)
+    n_layers: int = bounded(1, ge=1)  # number of dense layers (>= 1)
+    dim: int = bounded(0, ge=0)  # width of each layer; 0 = the encoder's hidden size
+    dropout: float = bounded(0.1, ge=0, lt=1)  # dropout after each layer (training only)
 
 
 @dataclass
 class EncoderConfig:
     """Architecture of an M2BERT encoder (and optional M3BERT enrichment)."""
 
-    n_input: int = 324  # channels per input frame (the feature set's n_channels)
-    hidden: int = 768  # hidden size H
-    n_layers: int = 4  # transformer layers L
-    n_heads: int = 12  # attention heads A
-    ffn: int = 3072  # feed-forward inner size
-    dropout: float = 0.1  # residual/FFN dropout
-    attention_dropout: float = 0.0  # dropout on attention probabilities; 0 by default: >0 makes CPU SDPA fall back to a path ~2x slower
-    max_frames: int = 1294  # longest sequence (30 s at 44.1 kHz / hop 1024)
+    n_input: int = bounded(324, ge=1)  # channels per input frame (the feature set's n_channels)
+    hidden: int = bounded(768, ge=1)  # hidden size H
+    n_layers: int = bounded(4, ge=1)  # transformer layers L
+    n_heads: int = bounded(12, ge=1)  # attention heads A
+    ffn: int = bounded(3072, ge=1)  # feed-forward inner size
+    dropout: float = bounded(0.1, ge=0, lt=1)  # residual/FFN dropout
+    attention_dropout: float = bounded(0.0, ge=0, lt=1)  # dropout on attention probabilities; 0 by default: >0 makes CPU SDPA fall back to a path ~2x slower
+    max_frames: int = bounded(1294, ge=1)  # longest sequence (30 s at 44.1 kHz / hop 1024)
     norm: str = "post"  # "post" (BERT) or "pre" (Pre-LN, more stable when scaling)
     activation: str = "gelu"  # FFN activation
-    layer_norm_eps: float = 1e-12  # BERT's LayerNorm epsilon
+    layer_norm_eps: float = bounded(1e-12, gt=0)  # BERT's LayerNorm epsilon
     positional: str = "sinusoidal"  # "sinusoidal" (fixed) or "learned"
     enrichment: EnrichmentConfig | None = None  # set for an M3BERT model
 
@@ -341,6 +341,10 @@ class Encoder(nn.Module):
             state = load_file(str(weights), device=map_location)
         except Exception as exc:  # safetensors raises several types for corrupt files
             raise CheckpointError(f"{weights}: cannot read safetensors ({exc})") from exc
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"{weights}: non-finite weights (NaN/inf) in {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
+                                  "the run that wrote them diverged: retrain from an earlier checkpoint or with a lower lr")
         load_state_checked(model, state, where=str(weights))
         model.config_extra = {k: v for k, v in config.items() if k not in ("model", "feature_set")}
         return model

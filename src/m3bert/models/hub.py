@@ -19,21 +19,20 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from m3bert.core.errors import CheckpointError, ConfigError, M3bertError
-from m3bert.core.io import atomic_write_json, read_json, replace_dir
+from m3bert.core.errors import CheckpointError, ConfigError, DataError, M3bertError
+from m3bert.core.io import atomic_write_json, make_temp_dir, read_json, replace_dir
 from m3bert.features import feature_set_from_dict, get_feature_set
 from m3bert.models.encoder import MODEL_FORMAT, Encoder, create_model
 
 DEFAULT_FEATURE_SET = "m3bert324"  # feature set of ``random:`` models (the paper's 324-d frames)
 
-def _is_model_dir(path: Path) -> bool:
+def is_model_dir(path: Path) -> bool:
     cfg = path / "config.json"
     if not cfg.is_file():
         return False
@@ -51,7 +50,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path}: no such file or directory; expected a model directory, a run directory or 'random:CONFIG[:SEED]'")
     if not path.is_dir():
         raise CheckpointError(f"{path}: is a file; expected a model directory (config.json + model.safetensors) or a run directory")
-    if _is_model_dir(path):
+    if is_model_dir(path):
         return path
     if (path / "config.json").is_file():
         try:
@@ -63,7 +62,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         tried = []
         for name in ("best", "last"):
             ckpt = path / "checkpoints" / name
-            if _is_model_dir(ckpt):
+            if is_model_dir(ckpt):
                 return ckpt
             tried.append(str(ckpt))
         raise CheckpointError(
@@ -158,6 +157,36 @@ def _source_dir(run: Path, checkpoint: str | None) -> Path:
     return resolve_model_dir(run / "checkpoints" / checkpoint)
 
 
+MODEL_FILES = ("config.json", "model.safetensors")  # all a model folder holds
+
+
+def _check_export_target(out: Path, *, sources: tuple[Path, ...], overwrite: bool) -> None:
+    """Refuse an ``out`` whose replacement could destroy anything but an earlier exported model.
+
+    ``out`` must not equal, contain or lie inside a source (the run or the checkpoint); an existing
+    ``out`` is replaced only with ``overwrite`` and only when it is a model folder holding nothing
+    but :data:`MODEL_FILES` (never a run, a parent of runs, or an unrelated folder or file).
+    """
+    target = out.resolve()
+    for s in sources:
+        s = s.resolve()
+        if target == s or target in s.parents or s in target.parents:
+            relation = "is" if target == s else ("contains" if target in s.parents else "is inside")
+            raise CheckpointError(f"--out {out} {relation} the source {s}; choose a folder outside the run")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise CheckpointError(f"{out}: already exists; pass --overwrite to replace an earlier exported model")
+    if not out.is_dir() or out.is_symlink():
+        raise CheckpointError(f"--out {out} exists and is not a folder; refusing to replace it (remove it yourself)")
+    entries = sorted(p.name for p in out.iterdir())
+    if not is_model_dir(out) or set(entries) - set(MODEL_FILES):
+        raise CheckpointError(
+            f"--out {out} exists and is not an exported model folder (it holds {entries[:8]}"
+            f"{' ...' if len(entries) > 8 else ''}; a model folder holds only {list(MODEL_FILES)}); "
+            "refusing to replace it: choose a new --out or remove it yourself")
+
+
 def export_model(run: str | os.PathLike, out: str | os.PathLike, *, checkpoint: str | None = None,
                  overwrite: bool = False) -> dict[str, Any]:
     """Validate the model behind ``run`` and write ``out`` = config.json + model.safetensors.
@@ -170,10 +199,7 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, *, checkpoint: 
     """
     run, out = Path(run), Path(out)
     src = _source_dir(run, checkpoint)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out}: already exists; pass --overwrite to replace it")
-    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
-        raise CheckpointError(f"{out}: must not be (inside) the source {src}")
+    _check_export_target(out, sources=(run, src), overwrite=overwrite)
     encoder = Encoder.from_pretrained(src)  # validates format, architecture and weights
     source_id = model_id(encoder, check_feature_set(encoder, source=str(src)).to_dict())
     run_kind = None
@@ -181,13 +207,12 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, *, checkpoint: 
         if (parent / "run.json").is_file():
             try:
                 run_kind = read_json(parent / "run.json").get("kind")
-            except (OSError, json.JSONDecodeError, AttributeError):
+            except (OSError, DataError, AttributeError):
                 run_kind = None
             break
     config = read_json(src / "config.json")
     config["export"] = {"source": str(src.resolve()), "run_kind": run_kind, "model_id": source_id}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.")
     try:
         shutil.copyfile(src / "model.safetensors", tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", config)

@@ -37,7 +37,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from m3bert.core.config import Overrides, load_config
+from m3bert.core.config import Overrides, bounded, load_config
 from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_write_json, atomic_write_text, config_hash, read_json, versions
 from m3bert.features.store import FeatureStore
@@ -47,7 +47,7 @@ from m3bert.pretrain.data import TrainBatches, split_by_group, store_groups, val
 from m3bert.pretrain.masking import MaskingConfig
 from m3bert.pretrain.objectives import Objective, create_objective, objective_config
 from m3bert.train.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from m3bert.train.optim import OptimConfig, make_adam
+from m3bert.train.optim import OptimConfig, check_finite_step, make_adam
 from m3bert.train.run import MetricsLog
 from m3bert.train.schedule import ScheduleConfig, lr_at, set_lr
 
@@ -63,33 +63,33 @@ PRECISIONS = ("fp32", "bf16")
 class DataConfig:
     """Which chunks, how long, how many at a time."""
 
-    max_frames: int = 1294  # random crop of each chunk (frames); 1294 = 30 s, shorter is cheaper on CPU
-    batch_size: int = 8  # micro-batch per process (chunks per forward/backward)
-    val_fraction: float = 0.05  # fraction of songs (source files) held out for validation
-    val_max_chunks: int = 256  # cap on validation chunks, chosen by seed (0 = all held-out chunks)
-    val_batch_size: int = 0  # validation batch size (0 = batch_size)
-    effective_batch: int = 128  # chunks per optimizer step = batch_size x accumulation x processes (paper: 128)
+    max_frames: int = bounded(1294, ge=1)  # random crop of each chunk (frames); 1294 = 30 s, shorter is cheaper on CPU
+    batch_size: int = bounded(8, ge=1)  # micro-batch per process (chunks per forward/backward)
+    val_fraction: float = bounded(0.05, ge=0, lt=1)  # fraction of songs (source files) held out for validation
+    val_max_chunks: int = bounded(256, ge=0)  # cap on validation chunks, chosen by seed (0 = all held-out chunks)
+    val_batch_size: int = bounded(0, ge=0)  # validation batch size (0 = batch_size)
+    effective_batch: int = bounded(128, ge=1)  # chunks per optimizer step = batch_size x accumulation x processes (paper: 128)
 
 
 @dataclass
 class TrainConfig:
     """Length of the run, numerics, hardware and bookkeeping."""
 
-    steps: int = 200_000  # optimizer steps T (paper: 200k Small, 500k Large)
+    steps: int = bounded(200_000, ge=1)  # optimizer steps T (paper: 200k Small, 500k Large)
     precision: str = "fp32"  # fp32 (reference) | bf16 (autocast; ~2x faster on AVX512-BF16 CPUs and GPUs)
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    threads: int = 0  # torch CPU threads per process (0 = torch's default)
-    log_every: int = 50  # steps between metrics lines
-    eval_every: int = 1000  # steps between validations (and 'best' checkpoint updates)
-    save_every: int = 500  # steps between 'last' checkpoints
-    keep_every: int = 0  # steps between kept checkpoints checkpoints/step-N (0 = none)
+    threads: int = bounded(0, ge=0)  # torch CPU threads per process (0 = torch's default)
+    log_every: int = bounded(50, ge=1)  # steps between metrics lines
+    eval_every: int = bounded(1000, ge=1)  # steps between validations (and 'best' checkpoint updates)
+    save_every: int = bounded(500, ge=1)  # steps between 'last' checkpoints
+    keep_every: int = bounded(0, ge=0)  # steps between kept checkpoints checkpoints/step-N (0 = none)
 
 
 @dataclass
 class PretrainConfig:
     """Everything a pre-training run needs besides the feature store."""
 
-    seed: int = 0  # the one seed every random choice derives from
+    seed: int = bounded(0, ge=0)  # the one seed every random choice derives from
     model: EncoderConfig = field(default_factory=EncoderConfig)  # architecture (n_input comes from the store)
     masking: MaskingConfig = field(default_factory=MaskingConfig)  # input corruption (paper's best: cfm+ccm)
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "reconstruction"})  # registered objective + its settings
@@ -392,6 +392,7 @@ def pretrain(
                 frames_done += batch.n_real_frames * dist.world_size
             params = [p for p in module.parameters() if p.grad is not None]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else math.inf)
+            check_finite_step(step=step + 1, loss=logs.get("loss", 0.0), grad_norm=float(grad_norm), lr=lr)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1

@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from m3bert.core.config import bounded
 from m3bert.core.errors import ConfigError
 from m3bert.core.registry import Registry
 
@@ -51,12 +52,12 @@ from m3bert.core.registry import Registry
 class CFMConfig:
     """Contiguous frame masking."""
 
-    ratio: float = 0.15  # fraction of each row's real frames to mask
-    p: float = 0.2  # parameter of the geometric span-length distribution
-    min_span: int = 2  # shortest span (frames)
-    max_span: int = 7  # longest span (frames)
-    zero_prob: float = 0.7  # probability a span is set to zero (= the CMVN mean)
-    random_prob: float = 0.2  # probability a span is replaced by one random real frame; rest unchanged
+    ratio: float = bounded(0.15, gt=0, le=1)  # fraction of each row's real frames to mask
+    p: float = bounded(0.2, gt=0, le=1)  # parameter of the geometric span-length distribution
+    min_span: int = bounded(2, ge=1)  # shortest span (frames)
+    max_span: int = bounded(7, ge=1)  # longest span (frames)
+    zero_prob: float = bounded(0.7, ge=0, le=1)  # probability a span is set to zero (= the CMVN mean)
+    random_prob: float = bounded(0.2, ge=0, le=1)  # probability a span is replaced by one random real frame; rest unchanged
 
     def __post_init__(self) -> None:
         _check_ratio("masking.cfm.ratio", self.ratio)
@@ -78,7 +79,7 @@ class CCMConfig:
     """Contiguous channel masking."""
 
     groups: str = "mel+cqt"  # channel groups (FeatureSpec names joined by '+') the block lives in
-    max_width: int = 0  # largest block width; 0 = all H channels of the groups (the paper)
+    max_width: int = bounded(0, ge=0)  # largest block width; 0 = all H channels of the groups (the paper)
 
     def __post_init__(self) -> None:
         if not isinstance(self.groups, str) or not self.groups.strip("+, "):
@@ -91,8 +92,8 @@ class CCMConfig:
 class PMConfig:
     """Patch masking."""
 
-    ratio: float = 0.15  # fraction of each row's real cells (frames x channels) to mask
-    patch_size: int = 16  # side of the square patches, in frames and in channels
+    ratio: float = bounded(0.15, gt=0, le=1)  # fraction of each row's real cells (frames x channels) to mask
+    patch_size: int = bounded(16, ge=1)  # side of the square patches, in frames and in channels
 
     def __post_init__(self) -> None:
         _check_ratio("masking.pm.ratio", self.ratio)

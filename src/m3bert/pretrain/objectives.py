@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m3bert.core.config import from_dict
+from m3bert.core.config import bounded, from_dict
 from m3bert.core.errors import ConfigError
 from m3bert.core.registry import Registry
 from m3bert.models.heads import ReconstructionHead, ReconstructionHeadConfig
@@ -129,7 +129,7 @@ class ReconstructionConfig:
 
     name: str = "reconstruction"  # registered objective name
     loss: str = "huber"  # per-cell loss: huber (paper) | l1 | mse
-    huber_delta: float = 1.0  # Huber threshold (paper: 1)
+    huber_delta: float = bounded(1.0, gt=0)  # Huber threshold (paper: 1)
     layer: int = -1  # hidden state the head reads (-1 = last transformer layer)
     head: ReconstructionHeadConfig = field(default_factory=ReconstructionHeadConfig)  # head settings
     eval_policies: list[str] = field(default_factory=lambda: ["cfm", "ccm", "pm"])  # also scored alone at validation

@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from m3bert.core.errors import CheckpointError
-from m3bert.core.io import atomic_write_json, read_format_json, recover_dir, replace_dir
+from m3bert.core.errors import CheckpointError, TrainingError
+from m3bert.core.io import atomic_write_json, read_format_json, recover_dir, remove_stale_temps, replace_dir
 from m3bert.models.encoder import check_same, load_state_checked
 
 STATE_FORMAT = "m3bert-trainer-state"
@@ -158,6 +158,11 @@ def save_checkpoint(
     ``modules`` as ``<name>.safetensors``; ``state`` must be JSON-serialisable.
     """
 
+    for owner, module in ([("model", model)] if model is not None else []) + list((modules or {}).items()):
+        bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise TrainingError(f"{directory}: refusing to save non-finite weights (NaN/inf) of {owner} in {bad[:5]}; "
+                                "the run diverged (lower optim.lr)")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
@@ -191,8 +196,13 @@ def save_checkpoint(
 
 
 def recover_checkpoint(directory: str | Path) -> Path | None:
-    """Return ``directory`` if it exists; else restore a ``.NAME.old-*`` left by a crash mid-swap."""
-    return recover_dir(directory)
+    """Return ``directory`` if it exists; else restore a ``.NAME.old-*`` left by a crash mid-swap.
+
+    Then removes what killed saves left beside it (``.NAME.tmp-PID`` of dead processes, redundant
+    ``.old`` copies), so every run start or resume cleans up after an earlier kill -9."""
+    found = recover_dir(directory)
+    remove_stale_temps(Path(directory).parent)
+    return found
 
 
 def read_state(directory: str | Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from m3bert.core.errors import ConfigError
+from m3bert.core.errors import ConfigError, DataError
 from m3bert.core.io import append_jsonl, atomic_write_json, atomic_write_text, read_json
 
 RUN_FILE = "run.json"
@@ -33,8 +33,8 @@ def init_run_dir(out: str | Path, record: dict[str, Any], *, kinds: Sequence[str
     if run_json.is_file():
         try:
             old = read_json(run_json)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{run_json}: not valid JSON ({exc}); move it away or choose another --out") from exc
+        except (OSError, DataError) as exc:
+            raise ConfigError(f"{exc}; move {run_json} away or choose another --out") from exc
         if not isinstance(old, dict) or old.get("kind") not in kinds:
             found = old.get("kind") if isinstance(old, dict) else type(old).__name__
             raise ConfigError(f"{out}: run.json is a {found!r} run, not a {kinds[0]} run; choose another --out")

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from m3bert.core.config import bounded
 from m3bert.core.errors import ConfigError
 from m3bert.core.registry import Registry
 
@@ -28,7 +29,7 @@ class ScheduleConfig:
     """Learning-rate schedule (multiplier of the peak rate ``optim.lr``)."""
 
     name: str = "linear_warmup_decay"  # registered schedule: linear_warmup_decay | cosine | constant
-    warmup_fraction: float = 0.07  # warm-up length as a fraction of the total steps (paper: 7 %)
+    warmup_fraction: float = bounded(0.07, ge=0, le=1)  # warm-up length as a fraction of the total steps (paper: 7 %)
 
     def __post_init__(self) -> None:
         if self.name not in _REGISTRY:

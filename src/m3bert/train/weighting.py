@@ -25,6 +25,7 @@ from typing import Any, Collection, Sequence
 import torch
 from torch import nn
 
+from m3bert.core.config import bounded
 from m3bert.core.errors import ConfigError, DataError
 from m3bert.core.registry import Registry
 
@@ -34,7 +35,7 @@ class WeightingConfig:
     """How the named losses are combined into one objective."""
 
     name: str = "equal"  # "equal" | "reweight" (Wu et al.) | "uncertainty" (Kendall et al.)
-    reweight_epochs: int = 2  # reweight: epochs of equal-weighted calibration (Wu et al.: 10)
+    reweight_epochs: int = bounded(2, ge=1)  # reweight: epochs of equal-weighted calibration (Wu et al.: 10)
     reweight_restart: bool = True  # reweight: retrain from the initial weights afterwards (Wu et al.)
     reweight_normalize: bool = True  # reweight: scale the reciprocals to mean 1 (keeps the lr meaningful)
     uncertainty_init: float = 0.0  # uncertainty: initial log-variance s = log sigma^2 of every loss
