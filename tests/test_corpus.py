@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -14,7 +15,8 @@ from m3bert.corpus import scores as sc
 from m3bert.corpus import CorpusPreset, build_corpus, corpus_info, plan_corpus, read_metadata
 from m3bert.corpus.layout import MELODY_PROGRAMS
 from m3bert.corpus.render import Note, Track, get_renderer
-from m3bert.tasks.builtin import TASK_LABELS
+from m3bert.corpus.layout import TASK_LABELS
+from m3bert.app.cli import main
 from m3bert.core.errors import DataError
 
 
@@ -209,3 +211,18 @@ def test_cli_info(tiny_corpus, capsys):
     out = capsys.readouterr().out
     assert "builtin-key" in out and "clips" in out
     assert main(["corpus", "info", str(tiny_corpus / "nope")]) == 1
+
+
+def test_malformed_metadata_is_one_error_line(tiny_corpus, tmp_path, capsys):
+    """Corpus metadata with a string where a number is expected crashed deep in a loader (issue 12, item 8)."""
+    bad = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, bad)
+    lines = (bad / "metadata.jsonl").read_text().splitlines()
+    row = next(i for i, ln in enumerate(lines) if '"tempo_bpm": 1' in ln)
+    lines[row] = re.sub(r'"tempo_bpm": [0-9.]+', '"tempo_bpm": "fast"', lines[row])
+    (bad / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=rf"metadata.jsonl:{row + 1}: field 'tempo_bpm' = 'fast'; expected int or float"):
+        read_metadata(bad)
+    assert main(["bench", "--baseline", "chance", "--task", f"builtin-tempo:{bad}", "--report", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "tempo_bpm" in err and "Traceback" not in err

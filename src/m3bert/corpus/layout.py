@@ -76,6 +76,14 @@ def row_has_label(row: dict[str, Any], label: str) -> bool:
     return row.get(label) is not None
 
 
+# the type of every field a reader of metadata.jsonl relies on (null = "no such label")
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "clip_id": (str,), "path": (str,), "split": (str,), "group": (str,), "dance": (str,), "key": (str,),
+    "instrument": (str,), "style": (str,), "parts": (list,), "pitch": (int,), "tempo_bpm": (int, float),
+    "duration": (int, float), "program": (int,), "transpose": (int,),
+}
+
+
 def read_metadata(root: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of ``root/metadata.jsonl``; ``DataError`` naming the file/line when malformed."""
     path = Path(root) / "metadata.jsonl"
@@ -90,9 +98,16 @@ def read_metadata(root: str | os.PathLike) -> list[dict[str, Any]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{i}: not valid JSON ({exc})") from exc
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
             for key in ("clip_id", "path", "split", "group"):
                 if key not in row:
                     raise DataError(f"{path}:{i}: missing field {key!r}")
+            for key, kinds in FIELD_TYPES.items():
+                value = row.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                    expected = " or ".join(k.__name__ for k in kinds)
+                    raise DataError(f"{path}:{i}: field {key!r} = {value!r}; expected {expected} (or null)")
             rows.append(row)
     return rows
 
