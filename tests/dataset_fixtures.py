@@ -2,8 +2,9 @@
 
 Each ``make_<dataset>(root, ...)`` writes the metadata files exactly as the dataset ships them
 (names, folder nesting, header quirks, CRLF, quoting) and tiny synthetic audio files (a few
-hundredths of a second of noise written with soundfile), never third-party audio. Layout
-references: /work/shared/DATASETS.md (mirdata, MARBLE, jukemir, the datasets' own repositories).
+hundredths of a second of noise written with soundfile), never third-party audio. Layouts follow
+mirdata, MARBLE, jukemir and the datasets' own repositories, as each loader's module docstring
+describes.
 They return what the tests need to check the loaders (expected labels, ids).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -276,10 +276,13 @@ def make_rwc(root: Path, *, extra_columns: str = "") -> Path:
 # ---------------------------------------------------------------------------------------------
 # NSynth
 
+# the official valid and test splits share instruments (bass_synthetic_009 has notes in both), as in
+# the real data; train is instrument-disjoint from both
 NSYNTH_NOTES = {
     "train": ["bass_synthetic_033-022-050", "bass_synthetic_033-100-127", "guitar_acoustic_010-060-075", "synth_lead_synthetic_001-064-100"],
-    "valid": ["keyboard_electronic_002-021-025", "vocal_acoustic_000-108-127"],
-    "test": ["mallet_acoustic_047-009-050", "brass_acoustic_046-120-100", "keyboard_electronic_001-064-050"],
+    "valid": ["keyboard_electronic_002-021-025", "vocal_acoustic_000-108-127", "bass_synthetic_009-009-025"],
+    "test": ["mallet_acoustic_047-009-050", "brass_acoustic_046-120-100", "keyboard_electronic_001-064-050",
+             "bass_synthetic_009-010-025"],
 }
 
 

@@ -160,3 +160,44 @@ def test_undefined_validation_metric_falls_back_to_validation_loss(rng):
                         score_fn=lambda t, p, m: M.roc_auc_macro(t, p), x_valid=x[60:], y_valid=y_valid)
     losses = [g["valid_loss"] for g in out.grid]
     assert out.selected["valid_score"] is None and out.selected["valid_loss"] == min(losses)
+
+
+def test_weighted_sum_mixes_only_the_given_hidden_states(rng):
+    """MARBLE mixes the transformer layers 1..L, not hidden state 0 (the input projection): with
+    ``mix_layers`` the learned weights have one entry per mixed layer and hidden state 0 has no
+    influence on a weighted-sum probe. Before, the weights had L + 1 entries, state 0 included."""
+    x, y = blobs(rng, n=200, n_layers=4, dim=8, informative=2)
+    cfg = dataclasses.replace(SMALL, layers="weighted", lrs=(1e-2,))
+    assert grid_configs(4, cfg, mix_layers=[1, 2, 3]) == [(-1, 1e-2)]
+    out = run_probe(x[:120], y[:120], x[160:], label_type="multiclass", n_outputs=3, config=cfg, seed=0,
+                    score_fn=lambda t, p, m: M.accuracy(t, p), x_valid=x[120:160], y_valid=y[120:160],
+                    mix_layers=[1, 2, 3])
+    sel = out.selected
+    assert sel["layer"] == "weighted" and sel["mixed_layers"] == [1, 2, 3]
+    assert len(sel["layer_weights"]) == 3 and sum(sel["layer_weights"]) == pytest.approx(1.0)
+    assert M.accuracy(y[160:], out.test_pred) > 0.9
+    fit = fit_grid(x[:120], y[:120], label_type="multiclass", n_outputs=3, config=cfg, seed=0, mix_layers=[1, 2, 3])
+    noisy = x.copy()
+    noisy[:, 0] = rng.normal(size=noisy[:, 0].shape) * 100  # hidden state 0 replaced: the probe must not notice
+    np.testing.assert_allclose(fit.predict(noisy), fit.predict(x), atol=1e-6)
+    assert fit.params["mix"].shape == (1, 3)
+    # default (no mix_layers): every hidden state, as before, for callers without layer names
+    assert len(fit_grid(x[:120], y[:120], label_type="multiclass", n_outputs=3, config=dataclasses.replace(cfg, max_epochs=2),
+                        seed=0).layer_weights(0)) == 4
+
+
+def test_weighted_sum_with_fewer_than_two_layers_to_mix(rng):
+    """One mixable layer: the weighted sum *is* that layer, so the grid does not train it twice; none
+    (a model with a single hidden state): only the fixed-layer probes; 'weighted' alone reads that layer."""
+    each = dataclasses.replace(SMALL, lrs=(1e-2,))
+    assert grid_configs(2, each, mix_layers=[1]) == [(0, 1e-2), (1, 1e-2)]
+    assert grid_configs(1, each, mix_layers=[]) == [(0, 1e-2)]
+    weighted = dataclasses.replace(each, layers="weighted")
+    assert grid_configs(2, weighted, mix_layers=[1]) == [(1, 1e-2)]
+    assert grid_configs(1, weighted, mix_layers=[]) == [(0, 1e-2)]
+    x, y = blobs(rng, n=120, n_layers=1, dim=6, informative=0)
+    out = run_probe(x[:80], y[:80], x[100:], label_type="multiclass", n_outputs=3, config=dataclasses.replace(SMALL, max_epochs=5),
+                    seed=0, score_fn=lambda t, p, m: M.accuracy(t, p), x_valid=x[80:100], y_valid=y[80:100], mix_layers=[])
+    assert {g["layer"] for g in out.grid} == {"0"} and out.selected["layer_weights"] is None
+    with pytest.raises(ConfigError, match="out of range"):
+        grid_configs(3, each, mix_layers=[3])

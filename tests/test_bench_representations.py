@@ -173,7 +173,8 @@ def test_benchmark_models_share_input_features_for_the_run_only(wav, monkeypatch
             memos.append(self)
 
     monkeypatch.setattr(runner, "FeatureMemo", Recorded)
-    clips = [Clip(f"c{i}", wav, i % 2, ["train", "train", "valid", "test"][i % 4], f"g{i}", start=0.4 * i, end=0.4 * i + 1.0)
+    # 12 disjoint excerpts of one file (overlapping ones in different splits would be refused as leakage)
+    clips = [Clip(f"c{i}", wav, i % 2, ["train", "train", "valid", "test"][i % 4], f"g{i}", start=0.45 * i, end=0.45 * i + 0.4)
              for i in range(12)]
     data = TaskData("two-tones", "multiclass", ["a", "b"], clips)
     task = Task("two-tones", "multiclass", "acoustic", ["accuracy"], loader=lambda root, **kw: data)
@@ -189,3 +190,17 @@ def test_benchmark_models_share_input_features_for_the_run_only(wav, monkeypatch
     with c.sharing_input_features(FeatureMemo()):
         assert c.embedder.feature_memo is own
     assert c.embedder.feature_memo is own
+
+
+def test_embeddings_dir_names_hidden_state_0_input_when_embed_json_says_so(tmp_path, wav):
+    """m3bert embed --layers all writes hidden state 0 (the input projection) too: it is named
+    "input" so the benchmark's weighted-sum probes leave it out, as for a model."""
+    import json
+
+    emb = tmp_path / "emb"
+    (emb / "a").mkdir(parents=True)
+    np.save(emb / "a" / "song.npy", np.ones((3, 4), np.float32))
+    (emb / "embed.json").write_text(json.dumps({"level": "clip", "layers": [0, 1, 2]}))
+    rep = EmbeddingsDirRepresentation("ext", emb).for_task(tmp_path / "data")
+    rep.embed_clip(Clip("c", wav, 0, "train", "g"))
+    assert rep.layer_names == ["input", "layer1", "layer2"]

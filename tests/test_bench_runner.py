@@ -60,14 +60,16 @@ class FakeRep(Representation):
         return x
 
 
-def synthetic_task(n=90, n_classes=3, name="synth-genre", label_type="multiclass", taxonomy="high-level", metrics=None):
+def synthetic_task(n=90, n_classes=3, name="synth-genre", label_type="multiclass", taxonomy="high-level", metrics=None,
+                   split_source="predefined"):
     clips = []
     for i in range(n):
         split = ["train", "train", "train", "valid", "test"][i % 5]
         c = i % n_classes
         target = c if label_type == "multiclass" else np.eye(n_classes, dtype=np.float32)[c]
         clips.append(Clip(f"clip-{i}", f"/nowhere/{i}.wav", target, split, group=f"song{i}"))
-    data = TaskData(name, label_type, [f"c{k}" for k in range(n_classes)], clips, skipped=[("/nowhere/x.wav", "missing")])
+    data = TaskData(name, label_type, [f"c{k}" for k in range(n_classes)], clips, skipped=[("/nowhere/x.wav", "missing")],
+                    split_source=split_source)
     metrics = metrics or (["accuracy", "macro_f1"] if label_type == "multiclass" else ["roc_auc_macro", "pr_auc_macro"])
     task = Task(name, label_type, taxonomy, metrics, loader=lambda root, **kw: data,
                 score_metrics=metrics if label_type == "multilabel" else None)
@@ -155,14 +157,34 @@ def test_failed_clips_raise_or_are_skipped_and_recorded(tmp_path):
     assert res["tasks"][0]["skipped"] == [["/nowhere/x.wav", "missing"]]
 
 
-def test_kim_protocol_draws_a_new_group_split_per_seed(tmp_path):
-    task, data = synthetic_task(n=60)
+def test_kim_protocol_draws_a_new_group_split_per_seed_without_a_predefined_split(tmp_path):
+    task, data = synthetic_task(n=60, split_source="random")  # a task whose loader drew its split (DEAM, Ballroom)
     res = run_benchmark([FakeRep("m", 1.0)], [(task, data)], protocol="kim", seeds=2, progress=False,
                         probe_overrides={"max_epochs": 10, "hidden": (16, 16), "bf16": False})
     runs = res["results"][0]["runs"]
-    assert all(r["n_valid"] == 0 and r["n_test"] == 12 for r in runs)  # 80/20 of 60 songs
+    assert all(r["n_valid"] == 0 and r["n_test"] == 12 and r["split"] == "random" for r in runs)  # 80/20 of 60 songs
     assert runs[0]["metrics"] != runs[1]["metrics"] or runs[0]["selected"] != runs[1]["selected"]
-    assert res["protocol"]["pooling"] == "slices-meanstd" and res["protocol"]["split"] == "random"
+    assert res["protocol"]["pooling"] == "slices-meanstd" and res["protocol"]["split"] == "predefined-else-random"
+    assert res["results"][0]["split"] == "random" and res["tasks"][0]["split_source"] == "random"
+
+
+def test_kim_protocol_uses_the_predefined_split_where_one_exists(tmp_path):
+    """Kim et al. used a task's predefined split (train + valid vs test); before, every seed drew a
+    random 80/20 split (48 / 12 here) even for a task with official lists."""
+    task, data = synthetic_task(n=60)  # predefined: 36 train / 12 valid / 12 test
+    for c in data.split("test")[6:]:
+        c.split = "train"  # 42 / 12 / 6: a 20 % random split would test on 12
+    res = run_benchmark([FakeRep("m", 1.0)], [(task, data)], protocol="kim", seeds=2, progress=False,
+                        probe_overrides={"max_epochs": 10, "hidden": (16, 16), "bf16": False}, out_dir=tmp_path / "r")
+    row = res["results"][0]
+    assert row["split"] == "predefined" and res["tasks"][0]["split_source"] == "predefined"
+    for r in row["runs"]:
+        assert r["split"] == "predefined"
+        assert (r["n_train"], r["n_valid"], r["n_test"]) == (54, 0, 6)  # train + valid vs the predefined test
+    on_disk = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert on_disk["results"][0]["runs"][0]["split"] == "predefined"
+    tasks_md = (tmp_path / "r" / "report.md").read_text().split("## Tasks")[1]
+    assert "predefined" in tasks_md
 
 
 def test_write_report_rejects_ragged_section_tables(tmp_path):
@@ -193,3 +215,44 @@ def test_tasks_sharing_audio_embed_each_clip_once(tmp_path):
     small.get(rep2, task_a.name, data_a.clips)
     np.testing.assert_array_equal(small.get(rep2, task_b.name, data_b.clips).features, got_a.features)
     assert rep2.calls == 80
+
+
+class LayeredRep(FakeRep):
+    """Hidden state 0 named "input" (as an m3bert model's), then ``n - 1`` transformer layers."""
+
+    def __init__(self, name, n_states):
+        super().__init__(name, 1.0)
+        self.n_states = n_states
+
+    @property
+    def cache_key(self) -> str:
+        return f"layered:{self.n_states}"
+
+    @property
+    def layer_names(self) -> list[str]:
+        return ["input"] + [f"layer{i}" for i in range(1, self.n_states)]
+
+    def embed_clip(self, clip, *, pooling="mean"):
+        x = super().embed_clip(clip, pooling=pooling)  # (2, 8): noise, signal
+        return np.concatenate([x[:1]] * (self.n_states - 1) + [x[1:]])[: self.n_states]
+
+
+def test_marble_weighted_sum_mixes_layers_1_to_L_not_the_input_embedding(tmp_path):
+    task, data = synthetic_task(n=60)
+    over = {**FAST, "layers": "weighted", "lrs": (1e-2,)}
+    res = run_benchmark([LayeredRep("three", 3)], [(task, data)], seeds=1, progress=False, probe_overrides=over)
+    sel = res["results"][0]["runs"][0]["selected"]
+    assert sel["layer"] == "weighted" and sel["mixed_layers"] == [1, 2]
+    assert len(sel["layer_weights"]) == 2  # L weights for L transformer layers (was L + 1, the input included)
+    # the default grid: each hidden state (input included) + one weighted sum of layers 1..L
+    res = run_benchmark([LayeredRep("three", 3)], [(task, data)], seeds=1, progress=False, probe_overrides=FAST)
+    assert res["results"][0]["runs"][0]["selected"]["layer"] in ("0", "1", "2", "weighted")
+
+
+def test_a_model_with_a_single_hidden_state_is_probed_on_it(tmp_path):
+    task, data = synthetic_task(n=60)
+    for layers in ("each+weighted", "weighted"):
+        res = run_benchmark([LayeredRep("one", 1)], [(task, data)], seeds=1, progress=False,
+                            probe_overrides={**FAST, "layers": layers})
+        sel = res["results"][0]["runs"][0]["selected"]
+        assert sel["layer"] == "0" and sel["layer_name"] == "input" and sel["layer_weights"] is None

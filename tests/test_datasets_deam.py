@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dataset_fixtures import DEAM_LONG, DEAM_SHORT, deam_targets, make_deam
+from dataset_fixtures import DEAM_SHORT, deam_targets, make_deam
 from m3bert.tasks.datasets._common import chunk_spans, split_groups
 from m3bert.tasks.datasets.deam import load_deam_va
 from m3bert.tasks.registry import get_task, load_task

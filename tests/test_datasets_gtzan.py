@@ -11,7 +11,7 @@ from m3bert.tasks.datasets.gtzan import GENRES, load_gtzan_genre, split_lists
 from m3bert.tasks.registry import get_task, load_task
 from m3bert.core.errors import ConfigError, DataError
 
-# per-split per-genre counts of the published lists (DATASETS.md section 1, computed from dnn-mgr)
+# per-split per-genre counts of the published lists (coreyker/dnn-mgr, packaged in m3bert/data/gtzan_fault_filtered)
 EXPECTED = {
     "train": [46, 48, 45, 42, 47, 43, 44, 41, 43, 44],
     "valid": [23, 20, 23, 22, 18, 17, 20, 13, 17, 24],

@@ -24,6 +24,10 @@ def test_nsynth_family_and_pitch(tmp_path):
     assert FAMILIES[by_id["synth_lead_synthetic_001-064-100"].target] == "synth_lead"
     assert FAMILIES[by_id["bass_synthetic_033-022-050"].target] == "bass"
     assert by_id["bass_synthetic_033-022-050"].group == by_id["bass_synthetic_033-100-127"].group == "bass_synthetic_033"
+    # valid and test share instruments in the real data: grouped by split there, so the official split loads
+    assert by_id["bass_synthetic_009-009-025"].group == "valid:bass_synthetic_009"
+    assert by_id["bass_synthetic_009-010-025"].group == "test:bass_synthetic_009"
+    assert (by_id["bass_synthetic_009-009-025"].split, by_id["bass_synthetic_009-010-025"].split) == ("valid", "test")
     assert {c.clip_id: c.target for c in pitch.clips}["mallet_acoustic_047-009-050"] == 9
     assert {c.clip_id: c.target for c in pitch.clips}["brass_acoustic_046-120-100"] == 120
     assert get_task("nsynth-pitch").taxonomy == "score" and get_task("nsynth-family").taxonomy == "acoustic"
@@ -34,7 +38,7 @@ def test_nsynth_errors(tmp_path):
     (tmp_path / "nsynth-test" / "audio" / "keyboard_electronic_001-064-050.wav").unlink()
     with pytest.raises(DataError, match=r"nsynth-test/keyboard_electronic_001-064-050: audio file not found"):
         load_nsynth(tmp_path, target="pitch")
-    assert len(load_nsynth(tmp_path, target="pitch", skip_missing=True).clips) == 8
+    assert len(load_nsynth(tmp_path, target="pitch", skip_missing=True).clips) == 10
     p = tmp_path / "nsynth-valid" / "examples.json"
     ex = json.loads(p.read_text())
     ex["keyboard_electronic_002-021-025"]["pitch"] = 128

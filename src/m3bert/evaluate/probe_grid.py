@@ -16,6 +16,12 @@ probe monitors its validation *loss* (defined for every label type, smooth, and 
 whole grid in one pass), and the validation metric picks the best probe afterwards
 (:func:`m3bert.evaluate.probes.run_probe`).
 
+Weighted sum: the learned softmax-weighted sum mixes the hidden states ``mix_layers`` (default:
+all). MARBLE mixes the transformer layers 1..L and leaves out hidden state 0, the input
+projection; the benchmark runner passes every hidden state but the one named ``"input"``. Its
+weights therefore have one entry per mixed layer (L, not L + 1). With fewer than two layers to
+mix there is no weighted-sum probe (a sum of one layer is that layer, already in the grid).
+
 Losses: multiclass -> cross-entropy; multilabel -> BCE on known labels (``target_mask``);
 regression -> MSE on targets standardised with train statistics (predictions are mapped back).
 Inputs are standardised per hidden state and dimension with train statistics
@@ -89,17 +95,30 @@ def config_to_dict(config: ProbeConfig) -> dict[str, Any]:
 # pure functions
 
 
-def grid_configs(n_layers: int, config: ProbeConfig) -> list[tuple[int, float]]:
-    """The grid as ``(layer, lr)`` pairs; layer ``-1`` = learned softmax-weighted sum of all layers."""
+def mixed_layers(n_layers: int, mix_layers: Sequence[int] | None = None) -> list[int]:
+    """The hidden states the weighted sum mixes: ``mix_layers`` checked and sorted, default all."""
+    if mix_layers is None:
+        return list(range(n_layers))
+    out = sorted({int(i) for i in mix_layers})
+    if any(not 0 <= i < n_layers for i in out):
+        raise ConfigError(f"probe mix_layers {list(mix_layers)}: index out of range for {n_layers} hidden states")
+    return out
+
+
+def grid_configs(n_layers: int, config: ProbeConfig, *, mix_layers: Sequence[int] | None = None) -> list[tuple[int, float]]:
+    """The grid as ``(layer, lr)`` pairs; layer ``-1`` = learned softmax-weighted sum of ``mix_layers`` (default all)."""
     spec = config.layers
+    mix = mixed_layers(n_layers, mix_layers)
     if isinstance(spec, str):
         layers: list[int] = []
         if spec in ("each", "each+weighted"):
             layers = list(range(n_layers))
         if spec == "last":
             layers = [n_layers - 1]
-        if spec == "weighted" or (spec == "each+weighted" and n_layers > 1):
-            layers.append(-1)  # with one layer the weighted sum is that layer
+        if spec in ("weighted", "each+weighted") and len(mix) > 1:
+            layers.append(-1)
+        elif spec == "weighted":  # one layer to mix (or none): the weighted sum is that layer
+            layers = [mix[0] if mix else n_layers - 1]
     else:
         layers = [int(i) if int(i) >= 0 else n_layers + int(i) for i in spec]
         if any(not 0 <= i < n_layers for i in layers):
@@ -138,11 +157,13 @@ def probe_loss(out: torch.Tensor, y: torch.Tensor, *, label_type: str, mask: tor
 
 
 def grid_forward(params: dict[str, Any], x: torch.Tensor, layer_index: torch.Tensor, *, dropout: float = 0.0,
-                 generators: Sequence[torch.Generator] | None = None, bf16: bool = False) -> torch.Tensor:
+                 generators: Sequence[torch.Generator] | None = None, bf16: bool = False,
+                 mix_index: torch.Tensor | None = None) -> torch.Tensor:
     """Outputs ``(G, B, C)`` of the probe grid for features ``x (B, L, D)``.
 
-    ``layer_index (G,)``: the hidden state each probe reads, -1 = its softmax-weighted sum of all
-    of them (weights ``params["mix"] (G, L)``). Weighted-sum probes must come last (one block) so
+    ``layer_index (G,)``: the hidden state each probe reads, -1 = its softmax-weighted sum of the
+    hidden states ``mix_index (M,)`` (default all L; weights ``params["mix"] (G, M)``).
+    Weighted-sum probes must come last (one block) so
     the fixed-layer block never back-propagates into its input. Dropout (training) draws each
     probe's mask from its own generator so a probe's stream does not depend on the grid.
     ``bf16``: matmuls in bfloat16 autocast (parameters and their updates stay float32), the CPU
@@ -156,8 +177,9 @@ def grid_forward(params: dict[str, Any], x: torch.Tensor, layer_index: torch.Ten
     # zero-fill and scatter a full-size gradient per block, which costs more than the matmul
     h = x.index_select(1, layer_index[:n_fixed]).transpose(0, 1)  # (n_fixed, B, D)
     if n_fixed < G:
-        w = torch.softmax(params["mix"][n_fixed:], dim=1)  # (G_w, L)
-        h = torch.cat([h, torch.einsum("gl,bld->gbd", w, x)], 0)
+        w = torch.softmax(params["mix"][n_fixed:], dim=1)  # (G_w, M)
+        xm = x if mix_index is None else x.index_select(1, mix_index)  # (B, M, D)
+        h = torch.cat([h, torch.einsum("gl,bld->gbd", w, xm)], 0)
     n_hidden = len(params["W"]) - 1
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for k, (W, b) in enumerate(zip(params["W"], params["b"])):
@@ -172,7 +194,9 @@ def grid_forward(params: dict[str, Any], x: torch.Tensor, layer_index: torch.Ten
 
 def init_params(configs: Sequence[tuple[int, float]], *, n_layers: int, n_in: int, n_out: int,
                 hidden: Sequence[int], seed: int) -> dict[str, Any]:
-    """Per-probe initialisation as ``torch.nn.Linear`` does (U(+-1/sqrt(fan_in))), each probe from its own seed."""
+    """Per-probe initialisation as ``torch.nn.Linear`` does (U(+-1/sqrt(fan_in))), each probe from its own seed.
+
+    ``n_layers``: the number of hidden states the weighted sum mixes (the width of ``mix``)."""
     dims = [n_in, *hidden, n_out]
     G = len(configs)
     Ws = [torch.empty(G, a, b) for a, b in zip(dims[:-1], dims[1:])]
@@ -266,6 +290,7 @@ class GridFit:
     x_std: np.ndarray  # (L, D)
     y_mean: np.ndarray | None  # (C,) regression target standardisation
     y_std: np.ndarray | None
+    mix_layers: list[int]  # hidden states the weighted-sum probes mix
     best_epoch: list[int]  # per probe, 1-based; the last epoch without validation
     n_epochs: list[int]  # epochs each probe trained
     valid_loss: list[float | None]  # best validation loss per probe
@@ -276,10 +301,11 @@ class GridFit:
         """Outputs ``(G, n, C)``: class probabilities, tag probabilities or target values."""
         xs = _as_tensor((x - self.x_mean) / self.x_std)
         li = torch.tensor([c[0] for c in self.configs])
+        mi = _mix_index(self.mix_layers, x.shape[1])
         outs = []
         with torch.no_grad():
             for i in range(0, xs.shape[0], chunk):
-                outs.append(grid_forward(self.params, xs[i:i + chunk], li, bf16=self.bf16))
+                outs.append(grid_forward(self.params, xs[i:i + chunk], li, bf16=self.bf16, mix_index=mi))
         out = torch.cat(outs, dim=1) if outs else torch.zeros(len(self.configs), 0, self.params["b"][-1].shape[-1])
         if self.label_type == "multiclass":
             return torch.softmax(out, -1).numpy()
@@ -288,9 +314,15 @@ class GridFit:
         return out.numpy() * self.y_std + self.y_mean
 
     def layer_weights(self, g: int) -> list[float] | None:
+        """Probe ``g``'s softmax weights, one per hidden state of ``mix_layers``; None for a fixed-layer probe."""
         if self.configs[g][0] >= 0:
             return None
         return torch.softmax(self.params["mix"][g], 0).tolist()
+
+
+def _mix_index(mix_layers: Sequence[int], n_layers: int) -> torch.Tensor | None:
+    """The index tensor for :func:`grid_forward`, None when every hidden state is mixed."""
+    return None if list(mix_layers) == list(range(n_layers)) else torch.tensor(list(mix_layers), dtype=torch.long)
 
 
 def _as_tensor(a: np.ndarray) -> torch.Tensor:
@@ -313,12 +345,14 @@ def _check_xy(where: str, x: np.ndarray, y: np.ndarray, label_type: str) -> None
 def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_outputs: int, config: ProbeConfig,
              seed: int, x_valid: np.ndarray | None = None, y_valid: np.ndarray | None = None,
              mask_train: np.ndarray | None = None, mask_valid: np.ndarray | None = None,
-             configs: Sequence[tuple[int, float]] | None = None, progress: bool = False) -> GridFit:
+             configs: Sequence[tuple[int, float]] | None = None, progress: bool = False,
+             mix_layers: Sequence[int] | None = None) -> GridFit:
     """Train every probe of the grid at once.
 
     ``x_* (n, L, D)`` features; ``y_*``: multiclass ``(n,)`` int, otherwise ``(n, n_outputs)``;
-    ``mask_* (n, n_outputs)`` known-label masks (multilabel). Without a validation set every
-    probe trains ``max_epochs`` and keeps its last parameters.
+    ``mask_* (n, n_outputs)`` known-label masks (multilabel). ``mix_layers``: the hidden states
+    the weighted-sum probes mix (default all; the runner leaves out the input embedding).
+    Without a validation set every probe trains ``max_epochs`` and keeps its last parameters.
     """
     _check_xy("probe train set", x_train, y_train, label_type)
     n_train, L, D = x_train.shape
@@ -327,8 +361,12 @@ def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_out
         _check_xy("probe validation set", x_valid, y_valid, label_type)
         if x_valid.shape[1:] != (L, D):
             raise DataError(f"probe validation features {x_valid.shape[1:]} differ from train {(L, D)}")
-    configs = list(configs) if configs is not None else grid_configs(L, config)
+    mix = mixed_layers(L, mix_layers)
+    configs = list(configs) if configs is not None else grid_configs(L, config, mix_layers=mix)
     G = len(configs)
+    if any(c[0] < 0 for c in configs) and not mix:
+        raise ConfigError("probe grid: a weighted-sum probe needs at least one hidden state to mix (mix_layers is empty)")
+    mix_index = _mix_index(mix, L)
 
     x_mean, x_std = standardisation(x_train, rel_min_std=STD_FLOOR)
     xt = _as_tensor((x_train - x_mean) / x_std)
@@ -357,7 +395,7 @@ def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_out
     order = sorted(range(G), key=lambda g: configs[g][0] < 0)
     configs = [configs[g] for g in order]
     bf16 = default_bf16() if config.bf16 is None else bool(config.bf16)
-    params = init_params(configs, n_layers=L, n_in=D, n_out=n_outputs, hidden=config.hidden, seed=seed)
+    params = init_params(configs, n_layers=len(mix), n_in=D, n_out=n_outputs, hidden=config.hidden, seed=seed)
     n_w = len(params["W"])
     best = {"W": [w.clone() for w in params["W"]], "b": [b.clone() for b in params["b"]], "mix": params["mix"].clone()}
     flat = [p.requires_grad_() for p in _flat(params)]
@@ -386,7 +424,8 @@ def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_out
         for start in range(0, n_train, batch):
             idx = perm[start:start + batch]
             cur = _unflat(flat, n_w)
-            out = grid_forward(cur, xt[idx], li, dropout=config.dropout, generators=live_gens, bf16=bf16)
+            out = grid_forward(cur, xt[idx], li, dropout=config.dropout, generators=live_gens, bf16=bf16,
+                               mix_index=mix_index)
             loss = probe_loss(out, yt[idx], label_type=label_type, mask=mt[idx] if mt is not None else None)
             total = loss.sum()
             if config.l2 > 0:
@@ -401,7 +440,7 @@ def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_out
 
         with torch.no_grad():
             cur = _unflat([p.detach() for p in flat], n_w)
-            vloss = probe_loss(grid_forward(cur, xv, li, bf16=bf16), yv, label_type=label_type, mask=mv)
+            vloss = probe_loss(grid_forward(cur, xv, li, bf16=bf16, mix_index=mix_index), yv, label_type=label_type, mask=mv)
             improved = (vloss < best_loss[active] * (1 - config.min_delta)) | ~torch.isfinite(best_loss[active])
             rows = torch.nonzero(improved).flatten()
             if rows.numel():
@@ -445,6 +484,6 @@ def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_out
         final = _unflat([p.detach() for p in flat], n_w)
         best_epoch = list(n_epochs)
     return GridFit(configs=configs, params=final, bf16=bf16, label_type=label_type, x_mean=x_mean, x_std=x_std,
-                   y_mean=y_mean, y_std=y_std, best_epoch=best_epoch, n_epochs=n_epochs,
+                   y_mean=y_mean, y_std=y_std, mix_layers=mix, best_epoch=best_epoch, n_epochs=n_epochs,
                    valid_loss=[float(x) if math.isfinite(x) else None for x in best_loss.tolist()] if has_valid else [None] * G,
                    final_lr=final_lr)

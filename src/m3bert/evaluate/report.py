@@ -182,9 +182,12 @@ def tasks_table(res: dict[str, Any]) -> Table:
     rows = []
     for t in res["tasks"]:
         n = t["n_clips"]
+        used = sorted({r.get("split") for r in res["results"] if r["task"] == t["name"] and r.get("split")})
         rows.append([t["name"], t["taxonomy"], t["label_type"], len(t["classes"]), n["train"], n["valid"], n["test"],
+                     t.get("split_source", "predefined"), ", ".join(used) or "–",
                      ", ".join(t["score_metrics"]), len(t["skipped"])])
-    return Table(["task", "level", "labels", "classes", "train", "valid", "test", "score", "skipped"], rows)
+    return Table(["task", "level", "labels", "classes", "train", "valid", "test", "task split", "split used", "score",
+                  "skipped"], rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -301,7 +301,13 @@ class EmbeddingsDirRepresentation(Representation):
 
     @property
     def layer_names(self) -> list[str]:
-        return [f"layer{i}" for i in range(self._n_layers or 1)]
+        """``layer<i>``, and ``"input"`` for hidden state 0 when ``embed.json`` lists the layers
+        written (``m3bert embed --layers all``), so weighted sums leave it out as for a model."""
+        n = self._n_layers or 1
+        layers = self.settings.get("layers") if isinstance(self.settings, dict) else None
+        if isinstance(layers, list) and len(layers) == n and all(isinstance(i, int) for i in layers):
+            return ["input" if i == 0 else f"layer{i}" for i in layers]
+        return [f"layer{i}" for i in range(n)]
 
     def key_for(self, clip: Clip) -> str:
         """The folder key of a clip's audio file: its path relative to the dataset root."""

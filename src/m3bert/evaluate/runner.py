@@ -8,6 +8,13 @@ summarises each number over seeds (mean, std, 95 % t-interval). With ``out_dir``
 The models of one run share each clip's input features through one
 :class:`~m3bert.features.memo.FeatureMemo`, created for the run and dropped after it.
 
+Splits: ``predefined`` protocols (MARBLE, linear) use the task's train/valid/test; ``kim`` uses
+the task's predefined split as train+valid vs test when it has one
+(``TaskData.split_source == "predefined"``) and otherwise draws a random 80/20 split by group per
+seed. Each result row and run records the split it used (``"split"``), each task row its
+``split_source``. Weighted-sum probes mix every hidden state but the input embedding (the layer
+named ``"input"``), as MARBLE mixes layers 1..L.
+
 Within-noise rule (reported with every table): for each task, every representation is compared
 with the best one (highest mean task score) by a two-sided *paired t-test over matched seeds*
 (the same seeds, hence the same splits and probe initialisation streams); ``p >= 0.05`` marks
@@ -38,20 +45,22 @@ from m3bert.evaluate.report import Section, write_report
 from m3bert.evaluate.representations import EmbeddingsDirRepresentation, Representation
 from m3bert.features.memo import FeatureMemo
 from m3bert.tasks import metrics as M
-from m3bert.tasks.registry import Task, TaskData, get_task, parse_task_spec
+from m3bert.tasks.registry import Task, TaskData, parse_task_spec, task_for_data
 
 RESULTS_FORMAT = "m3bert-bench-results"
 FEATURE_MEMO_BYTES = 512 << 20  # input features the models of one run share (an LRU of this size)
 NOISE_ALPHA = 0.05
+INPUT_LAYER = "input"  # the layer name of hidden state 0 (the input projection): never mixed by weighted sums
 NOISE_RULE = (f"paired two-sided t-test of the task score over matched seeds against the best representation "
               f"of the task; p >= {NOISE_ALPHA} = within noise (n/a with fewer than 2 seeds)")
 
 
 def _load_task(spec: str | Task | tuple[Task, TaskData] | TaskData, *, skip_missing: bool) -> tuple[Task, TaskData]:
     if isinstance(spec, tuple):
-        return spec
+        task, data = spec
+        return task, data.validate()
     if isinstance(spec, TaskData):
-        return get_task(spec.task), spec.validate()
+        return task_for_data(spec), spec.validate()
     if isinstance(spec, Task):
         task, root = spec, None
     else:
@@ -166,11 +175,27 @@ def _task_row(task: Task, td: TaskData) -> dict[str, Any]:
         if td.label_type not in M.get_metric(m).label_types:
             raise ConfigError(f"task {task.name}: metric {m!r} does not apply to {td.label_type} labels")
     splits = np.array([c.split for c in td.clips])
-    return {"name": task.name, "taxonomy": task.taxonomy, "label_type": td.label_type,
+    return {"name": task.name, "taxonomy": task.taxonomy, "label_type": td.label_type, "split_source": td.split_source,
             "metrics": list(task.metrics), "score_metrics": list(task.score_metrics or [task.primary_metric]),
             "classes": list(td.classes), "description": task.description, "root": td.root,
             "n_clips": {s: int((splits == s).sum()) for s in ("train", "valid", "test")},
             "skipped": [list(s) for s in td.skipped]}
+
+
+def split_used(proto: Protocol, td: TaskData) -> str:
+    """The split a protocol uses on a task: "predefined" or "random" (see the module doc)."""
+    if proto.split == "predefined-else-random":
+        return "predefined" if td.split_source == "predefined" else "random"
+    return proto.split
+
+
+def mix_layers_of(layer_names: Sequence[str], n_layers: int) -> list[int] | None:
+    """The hidden states a weighted-sum probe mixes: all but the input embedding (MARBLE: layers 1..L).
+
+    None (= all) when the names do not describe the features."""
+    if len(layer_names) != n_layers:
+        return None
+    return [i for i, name in enumerate(layer_names) if name != INPUT_LAYER]
 
 
 def _evaluate(rep: Representation, task: Task, td: TaskData, proto: Protocol, seeds: Sequence[int], *,
@@ -189,16 +214,22 @@ def _evaluate(rep: Representation, task: Task, td: TaskData, proto: Protocol, se
     extract_s = time.time() - t0
     keep = np.nonzero(ok)[0]
     n_layers = feats.shape[1] if feats is not None else 1
-    needs_valid = (len(grid_configs(n_layers, proto.probe)) > 1 or proto.probe.early_stop_patience is not None
+    mix = mix_layers_of(layer_names, n_layers)
+    needs_valid = (len(grid_configs(n_layers, proto.probe, mix_layers=mix)) > 1 or proto.probe.early_stop_patience is not None
                    or proto.probe.lr_plateau_patience is not None)
+    split = split_used(proto, td)
     n_out = len(td.classes)
     runs = []
     for seed in seeds:
         t1 = time.time()
-        if proto.split == "random":
+        if split == "random":
             tr, te = random_group_split([clips[i] for i in keep], y_all[keep], label_type=td.label_type,
                                         test_fraction=proto.test_fraction, seed=seed)
             tr, te, va = keep[tr], keep[te], np.zeros(0, np.int64)
+        elif proto.split == "predefined-else-random":  # Kim on a predefined split: train + valid vs test
+            tr = keep[np.isin(splits[keep], ("train", "valid"))]
+            te = keep[splits[keep] == "test"]
+            va = np.zeros(0, np.int64)
         else:
             tr = keep[splits[keep] == "train"]
             va = keep[splits[keep] == "valid"]
@@ -218,7 +249,7 @@ def _evaluate(rep: Representation, task: Task, td: TaskData, proto: Protocol, se
             out = run_probe(feats[tr], y_all[tr], feats[te], label_type=td.label_type, n_outputs=n_out,
                             config=proto.probe, seed=seed, score_fn=_score_fn(task, td),
                             x_valid=feats[va] if len(va) else None, y_valid=y_all[va] if len(va) else None,
-                            mask_train=m_tr, mask_valid=m_va)
+                            mask_train=m_tr, mask_valid=m_va, mix_layers=mix)
             pred = out.test_pred
             selected = dict(out.selected)
             if selected.get("layer") not in (None, "weighted"):
@@ -229,10 +260,10 @@ def _evaluate(rep: Representation, task: Task, td: TaskData, proto: Protocol, se
             if m not in vals:
                 vals[m] = M.compute_metric(m, y_all[te], pred, label_type=td.label_type, classes=td.classes,
                                            target_mask=m_te)
-        runs.append({"seed": seed, "metrics": vals, "score": M.task_score(vals, score_names),
+        runs.append({"seed": seed, "split": split, "metrics": vals, "score": M.task_score(vals, score_names),
                      "selected": selected, "n_train": int(len(tr)), "n_valid": int(len(va)),
                      "n_test": int(len(te)), "time_s": round(time.time() - t1, 3)})
-    return {"representation": rep.name, "task": task.name, "runs": runs,
+    return {"representation": rep.name, "task": task.name, "split": split, "runs": runs,
             "summary": _summaries(runs, list(dict.fromkeys(task.metrics + score_names))),
             "failures": failures, "layer_names": layer_names,
             "feature_shape": list(feats.shape[1:]) if feats is not None else None,
@@ -256,9 +287,18 @@ def run_benchmark(representations: Sequence[Representation], tasks: Sequence[Any
         proto = dataclasses.replace(proto, probe=dataclasses.replace(proto.probe, **probe_overrides))
     if seeds is None:
         seeds = proto.default_seeds
-    seed_list = list(range(int(seeds))) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    if isinstance(seeds, (bool, np.bool_)):
+        raise ConfigError(f"seeds={seeds!r}: expected a number of repeats >= 1 or a list of seeds")
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < 1:
+            raise ConfigError(f"seeds={int(seeds)}: expected a number of repeats >= 1 (or a list of seeds)")
+        seed_list = list(range(int(seeds)))
+    else:
+        seed_list = [int(s) for s in seeds]
     if not seed_list:
         raise ConfigError("seeds: expected at least one seed")
+    if len(set(seed_list)) != len(seed_list) or any(s < 0 for s in seed_list):
+        raise ConfigError(f"seeds={seed_list}: expected distinct seeds >= 0")
     if not representations:
         raise ConfigError("nothing to benchmark: give at least one representation (--model, --baseline, --embeddings, --hear)")
     if not tasks:

@@ -15,6 +15,7 @@ import numpy as np
 
 from m3bert.core.errors import DataError
 from m3bert.corpus.layout import TASK_LABELS, corpus_info, pitch_name, read_metadata, row_has_label, task_classes
+from m3bert.tasks.datasets._common import label_path
 from m3bert.tasks.registry import Clip, Task, TaskData, register_task
 
 
@@ -25,7 +26,8 @@ def _classes(root: Path, name: str) -> list[str]:
     return list(classes.get(name) or task_classes()[name])
 
 
-def _load(root: Path | None, *, task: str, label_type: str, classes_name: str | None, skip_missing: bool = False) -> TaskData:
+def _load(root: Path | None, *, task: str, label_type: str, classes_name: str | None, skip_missing: bool = False,
+          allow_outside_root: bool = False) -> TaskData:
 
     if root is None:
         raise DataError(f"task {task} needs a corpus folder: use '{task}:/path/to/CORPUS' "
@@ -37,7 +39,8 @@ def _load(root: Path | None, *, task: str, label_type: str, classes_name: str | 
     index = {c: i for i, c in enumerate(classes)}
     clips, skipped = [], []
     for r in rows:
-        path = root / r["path"]
+        path = label_path(root, r["path"], where=f"{root / 'metadata.jsonl'}: clip {r['clip_id']}",
+                          allow_outside_root=allow_outside_root)
         if not path.is_file():
             if skip_missing:
                 skipped.append((str(path), "audio file missing"))

@@ -5,7 +5,13 @@
         --report REPORT_DIR [--skip-missing] [--cache DIR]
 
 Features are cached (default ``REPORT_DIR/cache``), so rerunning with another protocol or more
-seeds only trains probes; an interrupted extraction resumes.
+seeds only trains probes; an interrupted extraction resumes. ``--task folder:DIR`` (one
+sub-folder per class) and ``--task csv:FILE`` (``path,label[,split][,group]``; also ``.jsonl``)
+benchmark your own labelled audio.
+
+Argument errors (an unknown protocol, baseline or task, ``--seeds``/``--max-epochs``/``--threads``
+below 1) are one ``m3bert bench: error: ...`` line, before any model is loaded; leaving an option
+out means its default (0 never does).
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ import torch
 
 from m3bert.core.errors import ConfigError
 from m3bert.evaluate.baselines import available_baselines, get_baseline
-from m3bert.evaluate.probes import available_protocols
+from m3bert.evaluate.probes import available_protocols, get_protocol
 from m3bert.evaluate.report import summary_lines
 from m3bert.evaluate.representations import EmbeddingsDirRepresentation, HearRepresentation, ModelRepresentation, Representation
 from m3bert.evaluate.runner import run_benchmark
+from m3bert.tasks.registry import available_task_schemes, parse_task_spec
 
 HELP = "Benchmark representations on downstream tasks (MARBLE / Kim / linear probes) and write a report."
 
@@ -37,16 +44,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hear", action="append", default=[], metavar="MODULE[:WEIGHTS]",
                    help="a HEAR 2021 module (load_model, get_scene_embeddings) (repeatable)")
     p.add_argument("--task", action="append", default=[], required=True, metavar="NAME[:PATH]",
-                   help="a registered task, with its dataset path (repeatable)")
-    p.add_argument("--protocol", default="marble", choices=available_protocols(), help="probing protocol")
-    p.add_argument("--seeds", type=int, default=None, help="repeats (default: the protocol's: marble 3, kim 5)")
+                   help="a registered task, with its dataset path, or your own data: "
+                        + ", ".join(f"{s}:PATH" for s in available_task_schemes()) + " (repeatable)")
+    p.add_argument("--protocol", default="marble", metavar="NAME",
+                   help=f"probing protocol: {' | '.join(available_protocols())} (default marble)")
+    p.add_argument("--seeds", type=int, default=None, help="repeats, >= 1 (default: the protocol's: marble 3, kim 5)")
     p.add_argument("--report", required=True, type=Path, metavar="REPORT_DIR", help="where results and reports go")
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default REPORT_DIR/cache)")
     p.add_argument("--no-cache", action="store_true", help="do not keep features on disk")
     p.add_argument("--skip-missing", action="store_true",
                    help="skip (and record) missing or unreadable audio instead of stopping")
-    p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's probe epochs")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: min(2, CPUs))")
+    p.add_argument("--max-epochs", type=int, default=None, help="probe epochs, >= 1 (default: the protocol's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads, >= 1 (default: min(2, CPUs))")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -64,14 +73,28 @@ def build_representations(args: argparse.Namespace) -> list[Representation]:
     return reps
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad arguments with a ConfigError naming the flag and value, before anything is loaded."""
+    for flag, value in (("--seeds", args.seeds), ("--max-epochs", args.max_epochs), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: expected an integer >= 1 (leave {flag} out for the default)")
+    get_protocol(args.protocol)  # unknown: "unknown protocol 'x'; registered: [...]"
+    for name in args.baseline:
+        if name not in available_baselines():
+            raise ConfigError(f"--baseline {name!r}: unknown baseline; expected one of {available_baselines()}")
+    for spec in args.task:
+        parse_task_spec(spec)  # unknown task names fail here, before any model is loaded
+
+
 def run(args: argparse.Namespace) -> int:
-    threads = args.threads or min(2, os.cpu_count() or 1)
+    check_arguments(args)
+    threads = args.threads if args.threads is not None else min(2, os.cpu_count() or 1)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         reps = build_representations(args)
         cache = None if args.no_cache else (args.cache or args.report / "cache")
-        overrides = {"max_epochs": args.max_epochs} if args.max_epochs else None
+        overrides = {"max_epochs": args.max_epochs} if args.max_epochs is not None else None
         echo = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
         res = run_benchmark(reps, args.task, protocol=args.protocol, seeds=args.seeds, out_dir=args.report,
                             cache_dir=cache, skip_missing=args.skip_missing, progress=not args.quiet,

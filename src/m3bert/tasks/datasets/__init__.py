@@ -6,9 +6,14 @@ paper's 3/1/1 split by song, audio checks, 30 s chunking) live in
 :mod:`m3bert.tasks.datasets._common`.
 
 Loader options common to every task: ``skip_missing`` (record missing/empty audio in
-``TaskData.skipped`` instead of raising). Tasks whose split is random also take ``seed`` and
-list it in ``Task.options`` (``"seed" in task.options`` tells the bench to vary it with
-``--seeds``).
+``TaskData.skipped`` instead of raising). Loaders that read audio paths from a label file also
+take ``allow_outside_root`` (default False: a path leaving the dataset root is an error). Tasks
+whose split is random also take ``seed`` and list it in ``Task.options``, and mark their data
+``TaskData.split_source = "random"`` when no predefined split exists (the Kim protocol then
+draws its own random splits).
+
+``folder:PATH`` and ``csv:FILE`` (:mod:`m3bert.tasks.datasets.user`) turn the user's own labelled
+audio into a task without a loader.
 """
 
 from m3bert.tasks.datasets import (
@@ -24,5 +29,6 @@ from m3bert.tasks.datasets import (
     nsynth,  # noqa: F401  nsynth-family, nsynth-pitch
     openmic,  # noqa: F401  openmic-instrument
     rwc,  # noqa: F401  rwc-instrument
+    user,  # noqa: F401  the folder:PATH and csv:FILE schemes (the user's own labelled data)
     vocalset,  # noqa: F401  vocalset-technique, vocalset-singer
 )

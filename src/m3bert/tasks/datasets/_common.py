@@ -11,6 +11,11 @@ Every loader follows the same contract (see ``m3bert.tasks.registry``):
   recorded in ``TaskData.skipped`` with the reason, so the counts stay explainable.
 * Loaders never decode audio; where a duration is needed (chunking) they call
   ``soundfile.info``, which reads only the header (or scans MP3 frame headers).
+* An audio path written in a label file goes through :func:`label_path`: a value that leaves the
+  dataset root (``../../etc/x.wav``, an absolute path elsewhere) is a DataError naming the file,
+  line and value, unless the loader is given ``allow_outside_root=True``. Loaders that build paths
+  only from validated ids (digits, fixed folder names) or from scanning the root have no such
+  value to check.
 """
 
 from __future__ import annotations
@@ -40,6 +45,30 @@ def need_root(root: Path | None, task: str) -> Path:
     if not root.exists():
         raise DataError(f"task {task}: dataset path {root} does not exist")
     return root
+
+
+def label_path(base: Path, value: str, *, where: str, field: str = "path", allow_outside_root: bool = False) -> Path:
+    """The audio file that a label file names: ``value`` relative to ``base`` (absolute values as written).
+
+    ``base`` is the folder the label file's paths are relative to (the dataset root, its audio
+    folder, or the label file's folder). A value that escapes ``base`` -- an absolute path
+    elsewhere, or ``..`` parts that climb above it -- raises a DataError naming ``where``
+    (``file:line``), the field and the value, unless ``allow_outside_root``. The check is on the
+    path as written, normalised but without following symlinks, so a dataset whose audio folder
+    is a symlink to another disk still loads.
+    """
+    raw = str(value)
+    if not raw.strip() or "\x00" in raw:
+        raise DataError(f"{where}: {field}={value!r}, expected the path of an audio file")
+    base_abs = os.path.normpath(os.path.abspath(base))
+    target = os.path.normpath(os.path.join(base_abs, raw))  # an absolute value replaces base_abs
+    if target == base_abs:
+        raise DataError(f"{where}: {field}={value!r} names the dataset folder {base} itself, expected an audio file in it")
+    inside = target.startswith(base_abs.rstrip(os.sep) + os.sep)
+    if not inside and not allow_outside_root:
+        raise DataError(f"{where}: {field}={value!r} points outside the dataset root {base} (to {target}); expected a "
+                        "path inside it (pass allow_outside_root=True to the loader to allow files elsewhere)")
+    return Path(raw) if os.path.isabs(raw) else Path(base) / raw
 
 
 def first_existing(candidates: Iterable[Path], what: str) -> Path:

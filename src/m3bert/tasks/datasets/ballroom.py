@@ -10,7 +10,7 @@ same music (``exact`` = identical audio). Linked songs are merged into one *grou
 so duplicates never straddle train and test.
 
 Split: none official; the M3BERT paper's random split by song into five parts 3/1/1, seeded
-(over the groups above). ``ballroom-ext9`` drops the four smallest classes (Slowwaltz 65,
+(over the groups above; ``TaskData.split_source == "random"``). ``ballroom-ext9`` drops the four smallest classes (Slowwaltz 65,
 Pasodoble 53, Salsa 47, Wcswing 23 songs) as Wu et al. 2021 (following their ref. [30]).
 Some download links are dead: ``skip_missing=True`` records the absent files.
 """
@@ -101,7 +101,8 @@ def load_ballroom(root: Path | None, *, classes: str = "13", skip_missing: bool 
         g = group_of[sid]
         clips.append(Clip(clip_id=sid, path=path, target=genres.index(genre), split=split_of[g], group=g,
                           meta={"bpm": attrs.get("bpm"), "artist": attrs.get("artist")}))
-    return TaskData(task=task, label_type="multiclass", classes=list(genres), clips=clips, skipped=skipped, root=str(root))
+    return TaskData(task=task, label_type="multiclass", classes=list(genres), clips=clips, skipped=skipped, root=str(root),
+                    split_source="random")
 
 
 register_task(Task(

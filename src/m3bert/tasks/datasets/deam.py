@@ -11,11 +11,20 @@ The static CSVs have leading spaces in the header (``song_id, valence_mean, ...`
 2015 file has eight extra columns, so columns are selected by stripped name. Targets are
 ``[valence_mean, arousal_mean]`` on the 1-9 SAM scale (the probe standardises them on train).
 
+Labels, a deliberate difference from the paper: these are DEAM's *static* song-level
+annotations, the **averages over annotators** ``valence_mean`` / ``arousal_mean`` of the
+"averaged per song" files, one ``[valence, arousal]`` pair per song shared by all its chunks.
+The M3BERT paper instead fused the annotators' ratings into *triplet-embedding* labels
+("triplet embeddings of these labels were computed as in other studies", Booth et al. 2018,
+majority-vote triplet embeddings); those are not distributed with DEAM and are not rebuilt here,
+so numbers on this task are not directly comparable with the paper's.
+
 Chunking (M3BERT paper: "after breaking long songs into smaller 30 s chunks, the DEAM dataset
 consisted of 2099 excerpts"): each song is cut into its full ``chunk_seconds`` chunks
 (:func:`~m3bert.tasks.datasets._common.chunk_spans`); every chunk is a clip whose group is the
-song. Split: no official split; the paper's random split by song into five parts, 3/1/1, seeded.
-Durations come from ``soundfile.info`` (headers only, no decoding).
+song. Split: no official split; the paper's random split by song into five parts, 3/1/1, seeded
+(``TaskData.split_source == "random"``). Durations come from ``soundfile.info`` (headers only,
+no decoding).
 """
 
 from __future__ import annotations
@@ -108,7 +117,8 @@ def load_deam_va(
         for k, start, end in chunk_clips(duration or 0.0, chunk_seconds):
             clips.append(Clip(clip_id=f"{sid}#{k}", path=path, target=y.copy(), split=split_of[sid], group=sid,
                               start=start, end=end, meta={"duration": duration}))
-    return TaskData(task="deam-va", label_type="regression", classes=list(TARGETS), clips=clips, skipped=skipped, root=str(root))
+    return TaskData(task="deam-va", label_type="regression", classes=list(TARGETS), clips=clips, skipped=skipped, root=str(root),
+                    split_source="random")
 
 
 register_task(Task(

@@ -12,6 +12,8 @@ songs are the test set (125); ``development`` songs go to train/valid by a hash 
 normalised artist name (lowercase ASCII letters and spaces, spaces collapsed;
 ``int(sha1) % 10`` < 8 -> train, else valid), giving 504 / 115 on the full data. The group is
 the artist, so no artist straddles train and valid.
+
+A ``file_name`` that leaves ``clips_45seconds/`` is an error unless ``allow_outside_root=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from m3bert.core.errors import DataError
-from m3bert.tasks.datasets._common import AudioChecker, first_existing, header_index, need_root, parse_float, read_csv_rows
+from m3bert.tasks.datasets._common import (
+    AudioChecker,
+    first_existing,
+    header_index,
+    label_path,
+    need_root,
+    parse_float,
+    read_csv_rows,
+)
 from m3bert.tasks.registry import Clip, Task, TaskData, register_task
 
 TARGETS = ["valence", "arousal"]
@@ -62,7 +72,7 @@ def _table(path: Path, columns: list[str]) -> dict[str, tuple[dict[str, str], st
     return out
 
 
-def load_emomusic_va(root: Path | None, *, skip_missing: bool = False) -> TaskData:
+def load_emomusic_va(root: Path | None, *, skip_missing: bool = False, allow_outside_root: bool = False) -> TaskData:
     root = need_root(root, "emomusic-va")
     ann_dir = root if (root / "songs_info.csv").is_file() else root / "annotations"
     info = _table(first_existing([ann_dir / "songs_info.csv"], "Emomusic songs_info.csv"),
@@ -84,7 +94,8 @@ def load_emomusic_va(root: Path | None, *, skip_missing: bool = False) -> TaskDa
         split = "test" if subset == "evaluation" else artist_split(meta["Artist"])
         y = np.asarray([parse_float(rec[f"mean_{t}"], where=where, field=f"mean_{t}", lo=1.0, hi=9.0) for t in TARGETS],
                        dtype=np.float32)
-        path = audio_dir / (meta["file_name"] or f"{sid}.mp3")
+        path = label_path(audio_dir, meta["file_name"] or f"{sid}.mp3", where=info_where, field="file_name",
+                          allow_outside_root=allow_outside_root)
         if not audio.ok(path, item=f"song {sid}"):
             continue
         group = "artist:" + (normalise_artist(meta["Artist"]) or f"song {sid}")

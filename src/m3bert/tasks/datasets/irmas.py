@@ -14,7 +14,7 @@ test split is the testing excerpts whose ``.txt`` lists exactly **one** instrume
 single-predominant subset); excerpts with two or more predominant instruments are left out by
 design (they would need a multilabel target; they are not errors and are not in ``skipped``).
 ``test_set="training"`` instead ignores the testing parts and splits the training data by
-recording 3/1/1 (seeded). With the default, ``valid_fraction`` of the training recordings
+recording 3/1/1 (seeded; ``TaskData.split_source == "random"``). With the default, ``valid_fraction`` of the training recordings
 (seeded) is the validation split.
 """
 
@@ -96,7 +96,7 @@ def load_irmas_instrument(
                 clips.append(Clip(clip_id=rel, path=wav, target=INSTRUMENTS.index(codes[0]), split="test", group=group,
                                   meta={"source": "testing"}))
     return TaskData(task="irmas-instrument", label_type="multiclass", classes=list(INSTRUMENTS), clips=clips,
-                    skipped=skipped, root=str(root))
+                    skipped=skipped, root=str(root), split_source="predefined" if test_set == "single-label" else "random")
 
 
 register_task(Task(

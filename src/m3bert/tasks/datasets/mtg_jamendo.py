@@ -12,7 +12,8 @@ a variable number of tab-separated tag columns (``row[5:]``); tags written
 ``<category>---<tag>`` with category ``mood/theme`` containing a slash, so tags are split on
 ``---`` only. Class names are the tags of the subset's three split files, sorted; for the
 single-category subsets the category prefix is dropped (``happy``), for top-50 (mixed
-categories) the full ``genre---rock`` names are kept.
+categories) the full ``genre---rock`` names are kept. A ``PATH`` that leaves the audio folder is an
+error unless ``allow_outside_root=True``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from functools import partial
 from pathlib import Path
 
 from m3bert.core.errors import DataError
-from m3bert.tasks.datasets._common import AudioChecker, first_existing, multi_hot, need_root, read_lines
+from m3bert.tasks.datasets._common import AudioChecker, first_existing, label_path, multi_hot, need_root, read_lines
 from m3bert.tasks.registry import Clip, Task, TaskData, register_task
 
 HEADER = ["TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION", "TAGS"]
@@ -91,6 +92,7 @@ def load_mtg(
     split_index: int = 0,
     audio_dir: str | None = None,
     low_quality: bool = False,
+    allow_outside_root: bool = False,
 ) -> TaskData:
     task, stem, category, _, _ = SUBSETS[subset]
     root = need_root(root, task)
@@ -121,7 +123,8 @@ def load_mtg(
             if track_id in seen:
                 raise DataError(f"{path}:{line_no}: {track_id} already listed in {seen[track_id]}")
             seen[track_id] = path.name
-            hi, lo = audio_root / rel, audio_root / rel.replace(".mp3", ".low.mp3")
+            hi = label_path(audio_root, rel, where=f"{path}:{line_no}", field="PATH", allow_outside_root=allow_outside_root)
+            lo = hi.with_name(hi.name[: -len(".mp3")] + ".low.mp3")
             found = audio.find([lo, hi] if low_quality else [hi, lo], item=f"{track_id} ({rel})")
             if found is None:
                 continue

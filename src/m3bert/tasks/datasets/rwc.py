@@ -7,7 +7,7 @@ itself; ``metadata=`` names another file). Columns (header required, extra colum
 =============  ========  ===============================================================
 column         required  meaning
 =============  ========  ===============================================================
-``path``       yes       audio file, relative to the CSV's folder (or absolute)
+``path``       yes       audio file, relative to the CSV's folder (absolute: inside it)
 ``instrument`` yes       class label, e.g. ``piano`` or the RWC code ``PF``
 ``group``      no        song/recording id; clips of a group never straddle splits
 ``split``      no        ``train``/``valid`` (or ``validation``)/``test`` for every row
@@ -20,7 +20,9 @@ Without ``group`` the group is the RWC recording code when the file name starts 
 notes cut from one recording stay together), else the path. Without ``split`` the M3BERT
 paper's random split by song into five parts 3/1/1 is used, seeded. Classes are the sorted
 distinct ``instrument`` values. ``chunk_seconds`` cuts whole files into full chunks
-(headers read with soundfile; rows with ``start``/``end`` are kept as given).
+(headers read with soundfile; rows with ``start``/``end`` are kept as given). A ``path`` that leaves
+the CSV's folder (``../x.wav``, an absolute path elsewhere) is an error unless
+``allow_outside_root=True``. Without a ``split`` column ``TaskData.split_source`` is ``"random"``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from m3bert.tasks.datasets._common import (
     AudioChecker,
     chunk_clips,
     header_index,
+    label_path,
     need_root,
     parse_float,
     read_csv_rows,
@@ -57,6 +60,7 @@ def load_rwc_instrument(
     seed: int = 0,
     metadata: str = "metadata.csv",
     chunk_seconds: float | None = None,
+    allow_outside_root: bool = False,
 ) -> TaskData:
     root = need_root(root, "rwc-instrument")
     csv_path = root if root.is_file() else root / metadata
@@ -95,20 +99,20 @@ def load_rwc_instrument(
             end = parse_float(row[opt["end"]], where=where, field="end", lo=0.0)
         if start is not None and end is not None and not end > start:
             raise DataError(f"{where}: start={start} end={end}, expected end > start")
+        path = label_path(base, rel, where=where, allow_outside_root=allow_outside_root)
         key = (rel, str(start), str(end))
         if key in seen:
             raise DataError(f"{where}: {rel} (start={start}, end={end}) is listed twice")
         seen.add(key)
-        records.append((where, rel, inst, group or default_group(rel), split, start, end))
+        records.append((where, rel, path, inst, group or default_group(rel), split, start, end))
 
-    classes = sorted({r[2] for r in records})
+    classes = sorted({r[3] for r in records})
     if "split" not in opt:
-        split_of = split_groups({r[3] for r in records}, seed=seed)
+        split_of = split_groups({r[4] for r in records}, seed=seed)
     skipped: list[tuple[str, str]] = []
     audio = AudioChecker(skip_missing=skip_missing, skipped=skipped)
     clips: list[Clip] = []
-    for where, rel, inst, group, split, start, end in records:
-        path = Path(rel) if Path(rel).is_absolute() else base / rel
+    for where, rel, path, inst, group, split, start, end in records:
         item = f"{rel} ({where.rsplit('/', 1)[-1]})"
         split = split if split is not None else split_of[group]
         spans: list[tuple[int, float | None, float | None]] = [(0, start, end)]
@@ -123,7 +127,8 @@ def load_rwc_instrument(
             suffix = f"#{k}" if chunk_seconds is not None and start is None and end is None else ("" if start is None and end is None else f"@{start}-{end}")
             clips.append(Clip(clip_id=rel + suffix, path=path, target=classes.index(inst), split=split, group=group,
                               start=s, end=e, meta={"instrument": inst}))
-    return TaskData(task="rwc-instrument", label_type="multiclass", classes=classes, clips=clips, skipped=skipped, root=str(root))
+    return TaskData(task="rwc-instrument", label_type="multiclass", classes=classes, clips=clips, skipped=skipped, root=str(root),
+                    split_source="predefined" if "split" in opt else "random")
 
 
 register_task(Task(

@@ -14,8 +14,9 @@ Splits, by singer as MARBLE:
   from the copy when present); the other 15 singers are split 9 train / 6 valid (thesis ch.
   3.1.3), seeded. The group is the singer, so no singer straddles splits.
 * ``vocalset-singer``: all 20 singers appear in every split (MARBLE); each singer's recordings
-  are split 12:8:5 (train/valid/test, MARBLE's 80/20 then 60/40), seeded. The group is the
-  recording, so chunks of one file never straddle splits.
+  are split 12:8:5 (train/valid/test, MARBLE's 80/20 then 60/40), seeded
+  (``TaskData.split_source == "random"``). The group is the recording, so chunks of one file
+  never straddle splits.
 
 MARBLE cuts 3 s chunks after voice-activity trimming; this loader gives whole recordings by
 default (no audio is decoded here) and full fixed-length chunks with ``chunk_seconds``.
@@ -113,7 +114,8 @@ def load_vocalset(root: Path | None, *, target: str, skip_missing: bool = False,
         for k, s, e in spans:
             clips.append(Clip(clip_id=rel if chunk_seconds is None else f"{rel}#{k}", path=path, target=y, split=split,
                               group=group, start=s, end=e, meta={"singer": singer, "context": context, "technique": technique}))
-    return TaskData(task=task, label_type="multiclass", classes=classes, clips=clips, skipped=skipped, root=str(root))
+    return TaskData(task=task, label_type="multiclass", classes=classes, clips=clips, skipped=skipped, root=str(root),
+                    split_source="predefined" if target == "technique" else "random")
 
 
 register_task(Task(
