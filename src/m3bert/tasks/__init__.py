@@ -8,9 +8,9 @@ Importing this package registers every task: ``get_task("gtzan-genre")``,
 read tasks from here; nothing here trains or embeds.
 """
 
-from m3bert.tasks import builtin as _builtin  # noqa: F401,E402  (registers the builtin-* tasks)
-from m3bert.tasks import datasets as _datasets  # noqa: F401,E402  (registers the real-dataset tasks)
-from m3bert.tasks.registry import (  # noqa: F401  (registry first: the loaders below register into it)
+from m3bert.tasks import builtin as _builtin  # noqa: F401  (registers the builtin-* tasks)
+from m3bert.tasks import datasets as _datasets  # noqa: F401  (registers the real-dataset tasks and schemes)
+from m3bert.tasks.registry import (  # noqa: F401  (each loader module imports the registry it fills)
     DEFAULT_METRICS,
     LABEL_TYPES,
     SPLIT_SOURCES,
