@@ -41,3 +41,11 @@ def test_terminal_gets_a_bar_and_disable_is_silent():
     with progress(total=3, desc="x", disable=True, file=log) as bar:
         bar.update(3)
     assert isinstance(bar, LogProgress) and log.getvalue() == ""
+
+
+def test_inner_bars_print_no_closing_line(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setenv("M3BERT_PROGRESS_INTERVAL", "3600")
+    with progress(total=3, desc="probe grid", file=log, leave=False) as bar:
+        bar.update(3)
+    assert log.getvalue() == ""

@@ -43,14 +43,15 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
     if getattr(stream, "isatty", lambda: False)():
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave, file=stream,
                     **tqdm_kwargs)
-    return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, file=stream)
+    return LogProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, file=stream, leave=leave)
 
 
 class LogProgress:
     """Plain-line progress for non-terminals: a line every ``interval`` seconds and one at the end."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None, desc: str, unit: str,
-                 initial: int = 0, file: TextIO, silent: bool = False, interval: float | None = None) -> None:
+                 initial: int = 0, file: TextIO, silent: bool = False, interval: float | None = None,
+                 leave: bool = True) -> None:
         self.iterable = iterable
         self.total = total
         self.desc = desc
@@ -58,6 +59,7 @@ class LogProgress:
         self.n = int(initial)
         self.file = file
         self.silent = silent
+        self.leave = leave  # False (an inner bar): no closing line, only interval lines of a long run
         self.interval = _interval() if interval is None else float(interval)
         self.postfix = ""
         self._start_n = self.n
@@ -104,7 +106,7 @@ class LogProgress:
         if self._closed:
             return
         self._closed = True
-        if self.silent or self.n == self._start_n:
+        if self.silent or not self.leave or self.n == self._start_n:
             return
         elapsed = time.monotonic() - self._t0
         rate = (self.n - self._start_n) / elapsed if elapsed > 0 else 0.0

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from tqdm.auto import tqdm
 
 from m3bert.core.errors import DataError
 from m3bert.core.io import atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json, versions
@@ -140,7 +139,7 @@ def build_corpus(preset: str | CorpusPreset, out: str | os.PathLike, *, seed: in
     bar = None
     if progress:
 
-        bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=f"corpus {preset.name} ({name})", unit="clip")
+        bar = progress(total=len(specs), initial=len(specs) - len(todo), desc=f"corpus {preset.name} ({name})", unit="clip")
     with open(journal_path, "a", encoding="utf-8") as journal:
         def consume(records: list[dict[str, Any]]) -> None:
             nonlocal n_rendered

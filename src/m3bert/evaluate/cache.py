@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from m3bert.core.errors import DataError
 from m3bert.core.io import atomic_save_npy, atomic_write_json, config_hash, read_json, versions
@@ -112,7 +111,7 @@ class FeatureCache:
         parts.mkdir(parents=True, exist_ok=True)
         blocks, failures, names = [], [], rep.layer_names
         n_done = 0
-        bar = tqdm(total=len(clips), desc=f"features {rep.name} / {task}", unit="clip", leave=False) if progress else None
+        bar = progress(total=len(clips), desc=f"features {rep.name} / {task}", unit="clip", leave=False) if progress else None
         for p, start in enumerate(range(0, len(clips), PART_SIZE)):
             chunk = clips[start:start + PART_SIZE]
             part_npy, part_json = parts / f"part-{p:05d}.npy", parts / f"part-{p:05d}.json"

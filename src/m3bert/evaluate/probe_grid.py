@@ -40,7 +40,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from m3bert.core.errors import ConfigError, DataError
 from m3bert.core.numeric import standardisation
@@ -416,7 +415,7 @@ def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_out
 
     bar = None
     if progress:
-        bar = tqdm(total=config.max_epochs, desc=f"probe grid ({G})", leave=False, unit="epoch")
+        bar = progress(total=config.max_epochs, desc=f"probe grid ({G})", leave=False, unit="epoch")
     for epoch in range(1, config.max_epochs + 1):
         perm = torch.randperm(n_train, generator=order_gen)
         live_gens = [dropout_gens[int(i)] for i in active]

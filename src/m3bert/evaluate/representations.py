@@ -29,7 +29,6 @@ from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from m3bert.audio import load_audio
 from m3bert.core.errors import ConfigError, DataError, M3bertError
@@ -123,7 +122,7 @@ class Representation:
         """``(n_clips, n_layers, D)`` float32; failed rows are NaN when ``on_error`` is given."""
         self.check_pooling(pooling)
         rows: list[np.ndarray | None] = []
-        it = tqdm(clips, desc=f"embed {self.name}", unit="clip", leave=False) if progress else clips
+        it = progress(clips, desc=f"embed {self.name}", unit="clip", leave=False) if progress else clips
         for clip in it:
             try:
                 rows.append(np.asarray(self.embed_clip(clip, pooling=pooling), dtype=np.float32))
@@ -214,7 +213,7 @@ class ModelRepresentation(Representation):
         self.check_pooling(pooling)
         sr = int(self.embedder.sample_rate)
         rows: list[np.ndarray | None] = [None] * len(clips)
-        bar = tqdm(total=len(clips), desc=f"embed {self.name}", unit="clip", leave=False) if progress else None
+        bar = progress(total=len(clips), desc=f"embed {self.name}", unit="clip", leave=False) if progress else None
         step = max(1, self.batch_size)
         for start in range(0, len(clips), step):
             batch = list(range(start, min(len(clips), start + step)))
