@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 
 from conftest import make_test_signal
-from m3bert.audio import (AUDIO_EXTENSIONS, chunk_spans, find_audio_files, load_audio, resample,
+from m3bert.audio import (AUDIO_EXTENSIONS, AudioChunks, chunk_spans, find_audio_files, load_audio, resample,
                           validate_waveform)
-from m3bert.core.errors import AudioError
+from m3bert.core.errors import AudioError, ConfigError
 
 SR = 44100
 
@@ -146,3 +146,62 @@ def test_chunk_by_frames_matches_paper_1294():
     assert len(chunk_spans(1294 * hop, sample_rate=SR, max_frames=1294, hop_length=hop)) == 2
     with pytest.raises(AudioError):
         chunk_spans(0, sample_rate=SR)
+
+
+@pytest.mark.parametrize("seconds,rate,stereo,fmt,subtype", [
+    (0.5, SR, False, "WAV", "PCM_16"),  # one short example
+    (3.0, SR, False, "WAV", "PCM_16"),  # two halves
+    (4.0, SR, True, "FLAC", "PCM_24"),  # exactly 2 L
+    (6.1, SR, False, "WAV", "FLOAT"),  # 2 + 2 + 1.05 + 1.05
+    (13.0, 22050, True, "FLAC", "PCM_16"),  # resampled up, many chunks
+    (9.3, 48000, False, "WAV", "PCM_16"),  # resampled down
+    (7.0, 32000, False, "OGG", "VORBIS"),
+])
+@pytest.mark.parametrize("block_frames", [1000, 4096, 1 << 18])
+def test_audio_chunks_stream_equals_whole_file(tmp_path, seconds, rate, stereo, fmt, subtype, block_frames):
+    x = make_test_signal(seconds, rate, seed=1)
+    if stereo:
+        x = np.stack([x, make_test_signal(seconds, rate, seed=2)], axis=1)
+    path = tmp_path / f"a.{fmt.lower()}"
+    sf.write(path, x, rate, format=fmt, subtype=subtype)
+    y = load_audio(path, sample_rate=SR)
+    reader = AudioChunks(path, sample_rate=SR, max_seconds=2.0, block_frames=block_frames)
+    got = list(reader)
+    assert [(a, b) for a, b, _ in got] == chunk_spans(len(y), sample_rate=SR, max_seconds=2.0)
+    for a, b, c in got:
+        assert c.dtype == np.float32 and c.flags.c_contiguous
+        np.testing.assert_array_equal(c, y[a:b])  # bit for bit, also when resampling
+    assert reader.n_samples == len(y) and reader.file_sample_rate == rate and reader.warning is None
+
+
+def test_audio_chunks_memory_does_not_grow_with_the_file(tmp_path):
+    """Streaming holds about two examples (plus a block), not the file: 300 s at 8 kHz is 9.6 MB as
+    float32; with 2 s examples the traced peak stays far below that, and full examples leave
+    before the end of the file is read."""
+    import tracemalloc
+
+    rate = 8000
+    path = tmp_path / "long.wav"
+    with sf.SoundFile(path, "w", samplerate=rate, channels=1, subtype="PCM_16") as fh:
+        for k in range(30):
+            fh.write(make_test_signal(10.0, rate, seed=k))
+    tracemalloc.start()
+    try:
+        reader = AudioChunks(path, sample_rate=rate, max_seconds=2.0, block_frames=4096)
+        n_chunks = 0
+        for a, b, c in reader:
+            n_chunks += 1
+            assert b - a == 2 * rate
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n_chunks == 150 and reader.n_samples == 300 * rate
+    assert peak < 1_000_000, peak  # the whole file would be 9.6 MB
+
+
+def test_chunk_rule_refuses_non_finite_lengths():
+    for bad in (float("nan"), float("inf"), 0.0, -2.0):
+        with pytest.raises(ConfigError, match="max_seconds"):
+            chunk_spans(10 * SR, sample_rate=SR, max_seconds=bad)
+    with pytest.raises(ConfigError, match="sample_rate"):
+        chunk_spans(10 * SR, sample_rate=1)

@@ -85,6 +85,30 @@ def test_clip_cmvn(fs, signals, reference_raw):
     np.testing.assert_allclose(out, (raw - raw.mean(0)) / raw.std(0), atol=1e-4)
 
 
+def speechpy_cmvn_no_variance(vec: np.ndarray) -> np.ndarray:
+    """speechpy.processing.cmvn(vec, variance_normalization=False), written out (speechpy 2.x):
+    ``mean_subtracted = vec - np.mean(vec, axis=0)``."""
+    return vec - np.mean(vec, axis=0)
+
+
+def test_seed_cmvn_is_the_seed_codes_speechpy_call(signals, reference_raw):
+    """The seed code applies speechpy's cmvn to the (channels, frames) stack of its features:
+    each frame loses its mean over channels, with no variance scaling (not per-channel CMVN)."""
+    seed_fs = get_feature_set("m3bert324", cmvn="seed")
+    assert get_feature_set("m3bert324").config.cmvn == "clip"  # the default is unchanged
+    raw = reference_raw[1]  # (frames, channels)
+    stacked = np.ascontiguousarray(raw.T)  # (channels, frames), as the seed code's np.vstack builds it
+    expected = speechpy_cmvn_no_variance(stacked).T
+    got = seed_fs.normalize(raw)
+    assert got.dtype == np.float32 and got.shape == raw.shape
+    np.testing.assert_array_equal(got, expected)  # exactly, bit for bit
+    np.testing.assert_allclose(got.mean(axis=1), 0.0, atol=1e-3)  # per frame, across channels
+    assert np.abs(got.mean(axis=0)).max() > 1.0  # not per-channel: channel means survive
+    np.testing.assert_array_equal(seed_fs.extract(signals[1], sample_rate=SR, backend="reference"), expected)
+    assert seed_fs.config_hash() != get_feature_set("m3bert324").config_hash()
+    assert feature_set_from_dict(seed_fs.to_dict()).config.cmvn == "seed"
+
+
 def test_other_sample_rate_is_resampled(fs, signals):
     x22 = make_test_signal(2.0, 22050, seed=9)
     direct = fs.extract(x22, sample_rate=22050, normalize=False)

@@ -217,13 +217,13 @@ KILLER = textwrap.dedent("""
     from m3bert.features import store as st
     calls = {"n": 0}
     original = st.ShardWriter.append_file
-    def append_then_die(self, entry, chunks):
+    def append_then_die(self, entry, *args):
         calls["n"] += 1
         if calls["n"] == 4:  # shard 0 (2 files) committed, shard 1 has one file in its temp .npy
             self.fh.write(b"half a chunk")
             self.fh.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, entry, chunks)
+        return original(self, entry, *args)
     st.ShardWriter.append_file = append_then_die
     st.extract_to_store(sys.argv[1], sys.argv[2], feature_set=get_feature_set("m3bert324"), max_seconds=2.0,
                         files_per_shard=2, progress=False)

@@ -16,13 +16,13 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from m3bert.audio import resample, validate_waveform
-from m3bert.core.errors import ConfigError, DataError
+from m3bert.core.errors import AudioError, ConfigError, DataError
 from m3bert.core.io import config_hash as _hash
-from m3bert.features.normalize import cmvn_apply, cmvn_clip
+from m3bert.features.normalize import cmvn_apply, cmvn_clip, cmvn_seed
 from m3bert.features.spec import FeatureSpec
 
 #: CMVN scopes a feature set may be configured with (see ``normalize.py``).
-CMVN_MODES = ("clip", "corpus", "none")
+CMVN_MODES = ("clip", "corpus", "none", "seed")
 
 
 class FeatureSet:
@@ -103,10 +103,13 @@ class FeatureSet:
         if not ready:
             return []
         raw: list[np.ndarray] = getattr(self, self.backends[backend])(ready)
-        for x, f in zip(ready, raw):
+        for i, (x, f) in enumerate(zip(ready, raw)):
             expected = (self.n_frames(x.shape[0]), self.n_channels)
             if f.shape != expected:  # pragma: no cover - guards backend bugs
                 raise DataError(f"{self.name}/{backend}: produced {f.shape}, expected {expected}")
+            if not np.isfinite(f).all():  # validate_waveform bounds the samples, so this is a last guard
+                raise AudioError(f"waveform {i}: {self.name} features are not finite (peak sample "
+                                 f"{float(np.abs(x).max()):.3g}); expected audio of plausible magnitude")
         return [self.normalize(f) for f in raw] if normalize else raw
 
     # ------------------------------------------------------------------ CMVN
@@ -116,6 +119,8 @@ class FeatureSet:
         eps = float(getattr(self.config, "cmvn_eps", 1e-3))
         if mode == "clip":
             return cmvn_clip(frames, eps=eps)
+        if mode == "seed":
+            return cmvn_seed(frames)
         if mode == "corpus":
             if self._cmvn_mean is None:
                 raise ConfigError(f"feature set {self.name!r} uses corpus CMVN but has no statistics; compute them "

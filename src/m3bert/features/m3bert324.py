@@ -12,7 +12,9 @@ mel     52-179    ln(10 * S + 1e-6) of the 128-band power mel spectrogram
 cqt     180-323   ln(10 * |C| + 1e-6) of a 144-bin CQT (``cqt_variant``, below)
 ======  ========  =====================================================================
 
-then CMVN (per clip by default). ``cqt_variant="literal"`` (default) is a 144-bin CQT at 24 bins
+then CMVN (per clip and channel by default; ``cmvn="seed"`` reproduces the seed code's
+speechpy call, which removes each frame's mean over its channels, see ``normalize.py``).
+``cqt_variant="literal"`` (default) is a 144-bin CQT at 24 bins
 per octave from C1 (six octaves, C1-B6); ``"chroma1008"`` reproduces the seed authors' code,
 ``chroma_cqt(n_chroma=144)`` over a 1008-bin CQT (see ``reference.cqt_chroma1008``).
 
@@ -29,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from m3bert.audio import check_sample_rate
 from m3bert.core.errors import ConfigError
 from m3bert.features import cqt, fast, reference
 from m3bert.features.base import CMVN_MODES, FeatureSet, register_backend
@@ -60,7 +63,8 @@ class M3bert324Config:
     tuning: float | None = 0.0  # tuning offset in bins for chroma and CQT; None = estimate per clip (librosa default)
     log_scale: float = 10.0  # mel and CQT become ln(log_scale * S + log_offset)
     log_offset: float = 1e-6  # keeps the log of silence finite
-    cmvn: str = "clip"  # "clip" per-example CMVN (seed code) | "corpus" store-level statistics | "none"
+    cmvn: str = "clip"  # "clip" per-example, per-channel CMVN | "corpus" store-level statistics | "none" |
+    # "seed": the seed code's speechpy call (per-frame mean over channels removed, no variance scaling)
     cmvn_eps: float = 1e-3  # CMVN std floor, relative: max(std, eps * max(1, |mean|)) (silence stays ~0)
 
     def __post_init__(self) -> None:
@@ -70,6 +74,7 @@ class M3bert324Config:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"{NAME}.{name} must be a positive integer, got {v!r}")
+        check_sample_rate(self.sample_rate, what=f"{NAME}.sample_rate")
         if self.delta_width < 3 or self.delta_width % 2 == 0:
             raise ConfigError(f"{NAME}.delta_width must be odd and >= 3, got {self.delta_width}")
         if self.n_mfcc > self.n_mels:

@@ -1,13 +1,18 @@
 """Cepstral mean and variance normalisation (CMVN): pure functions and a mergeable accumulator.
 
-Two scopes, as in the M3BERT paper and the seed authors' code:
+Scopes (``cmvn=`` of a feature set):
 
-* **clip** (default, the seed code's choice): every example is normalised with its own per-channel
-  mean and standard deviation over frames. Needs no corpus statistics, so a model can embed any
-  single file; the price is that absolute level differences between clips are removed.
+* **clip** (default): every example is normalised with its own per-channel mean and standard
+  deviation over frames. Needs no corpus statistics, so a model can embed any single file; the
+  price is that absolute level differences between clips are removed.
 * **corpus**: one per-channel mean/std over a whole feature store, computed once from the stored
   raw frames with :class:`CmvnAccumulator` (float64 sums, exactly mergeable across shards and
   stores) and saved with the store and the model.
+* **seed**: what the seed authors' code actually computes. It calls
+  ``speechpy.processing.cmvn(features, variance_normalization=False)`` on the ``(channels, frames)``
+  array, and speechpy normalises along axis 0, i.e. across *channels*: each frame has the mean of
+  its own channels subtracted, without variance scaling. That is per-frame mean removal, not
+  per-channel CMVN (:func:`cmvn_seed` reproduces it exactly).
 
 The standard deviation is floored at ``eps * max(1, |mean|)`` before dividing. float32 features
 carry rounding noise of ~1e-7 of their magnitude (the first MFCC of digital silence is -1131 with
@@ -40,6 +45,19 @@ def cmvn_clip(frames: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
     mean = x.mean(axis=0)
     std = x.std(axis=0)
     return ((x - mean) / std_floor(mean, std, eps=eps)).astype(np.float32)
+
+
+def cmvn_seed(frames: np.ndarray) -> np.ndarray:
+    """The seed code's normalisation of ``(n_frames, n_channels)`` -> same shape, float32.
+
+    speechpy's ``cmvn(vec, variance_normalization=False)`` is ``vec - np.mean(vec, axis=0)``; the
+    seed code passes ``vec`` as the ``(channels, frames)`` stack of its feature groups, so each
+    frame loses the mean over its channels. Computed on a C-contiguous float32 ``(channels, frames)``
+    copy, the layout the seed code's ``np.vstack`` produces, so the summation order, and hence
+    every bit, is the same.
+    """
+    vec = np.ascontiguousarray(np.asarray(frames, dtype=np.float32).T)  # (channels, frames)
+    return np.ascontiguousarray((vec - np.mean(vec, axis=0)).T, dtype=np.float32)
 
 
 def cmvn_apply(frames: np.ndarray, *, mean: np.ndarray, std: np.ndarray, eps: float = 1e-3) -> np.ndarray:

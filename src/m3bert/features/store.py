@@ -11,10 +11,11 @@ Layout of a store directory::
                                       files, one after the other
     STORE/shards/<id>.stats.npy       (n_files, 2, n_channels) float64 per-file sum / sum of squares
     STORE/shards/<id>.json            the commit record: per file its source, sha1 and chunks
-                                      (start_s, end_s, n_frames, offset into the shard)
+                                      (start_s, end_s, n_frames, offset into the shard), and a
+                                      "warning" when it decoded much shorter than its header said
     STORE/rejects.json                files that could not be used, with the reason
-    STORE/manifest.json               one row per chunk + rejects + corpus CMVN statistics
-                                      (a derived, human/tool-readable view; rewritten per run)
+    STORE/manifest.json               one row per chunk + rejects + warnings + corpus CMVN
+                                      statistics (a derived, human/tool-readable view; rewritten per run)
 
 Why this format. Plain ``.npy`` shards are read with ``np.load(mmap_mode="r")`` by numpy alone:
 any chunk is a zero-copy slice of a memory map, found through the row's ``offset``, without
@@ -32,6 +33,13 @@ store's statistics are computed once, while extracting, saved with the store, an
 shards and stores. float32 rather than float16: MFCC c0 reaches ~1e3, where float16 steps are
 ~0.5, far outside the 1e-4 parity the features are tested to.
 
+Memory and workers. A worker streams its file chunk by chunk (``audio.AudioChunks``: about two
+30 s chunks of audio at a time) and appends each chunk's frames to a spool file
+(``shards/.spool-*``); the writer copies the spool into the shard in blocks, so neither process
+holds a whole file, whatever its length. Workers (``--workers N``) run in ``pool.run_tasks``: a
+worker that dies on a file (a decoder's segfault, the OOM killer) makes that file a reject
+("worker process died (signal 11, SIGSEGV) ...") and is replaced; the run goes on.
+
 Resume and identity: a file is identified by the SHA-1 of its bytes; a rerun skips every file
 whose hash is committed and extracts the rest, so rerunning is idempotent. A file whose bytes
 changed is extracted again and its newer record supersedes the old one. A store refuses to mix
@@ -46,8 +54,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import multiprocessing as mp
+import math
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -59,10 +68,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from m3bert.audio import chunk_spans, find_audio_files, load_audio
-from m3bert.core.errors import AudioError, DataError, M3bertError
+from m3bert.audio import AUDIO_EXTENSIONS, AudioChunks, find_audio_files
+from m3bert.core.errors import AudioError, ConfigError, DataError, M3bertError
 from m3bert.core.io import atomic_path, atomic_write_json, file_sha1, read_json, versions
 from m3bert.features.normalize import CmvnAccumulator
+from m3bert.features.pool import run_tasks
 from m3bert.features.spec import feature_set_from_dict
 
 FORMAT = "m3bert-feature-store"
@@ -92,8 +102,11 @@ def resolve_inputs(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> l
 
 
 def partition_of(source: str, num_shards: int) -> int:
-    """Deterministic partition of a source path: stable across machines and when files are added."""
-    return int(hashlib.sha1(source.encode("utf-8")).hexdigest()[:12], 16) % num_shards
+    """Deterministic partition of a source path: stable across machines and when files are added.
+
+    The path's UTF-8 bytes; a name that is not valid UTF-8 (``os.fsdecode`` keeps its raw bytes as
+    surrogate escapes) hashes its raw bytes."""
+    return int(hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16) % num_shards
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,17 +140,28 @@ class ShardWriter:
         if self.fh.tell() != self.HEADER_BYTES:  # pragma: no cover - numpy format change
             raise DataError(f"unexpected npy header size {self.fh.tell()}")
 
-    def append_file(self, entry: dict[str, Any], chunks: Sequence[np.ndarray]) -> None:
-        """One source file: its chunks go in contiguously; ``entry`` gets their offsets."""
-        acc = CmvnAccumulator(self.n_channels)
-        for meta, frames in zip(entry["chunks"], chunks):
-            frames = np.ascontiguousarray(frames, dtype=_DTYPE)
+    def append_file(self, entry: dict[str, Any], spool: Path, stats: np.ndarray) -> None:
+        """One source file: the frames of its chunks, one after the other in the raw float32 file
+        ``spool`` (written by the worker), go in contiguously, copied in blocks (constant memory);
+        ``entry`` gets their offsets; ``stats`` is its ``(2, n_channels)`` sum / sum of squares."""
+        n_expected = sum(int(c["n_frames"]) for c in entry["chunks"])
+        n_bytes = n_expected * self.n_channels * _DTYPE.itemsize
+        if spool.stat().st_size != n_bytes:
+            raise DataError(f"{spool}: worker output has {spool.stat().st_size} bytes, expected {n_bytes} "
+                            f"({n_expected} frames of {entry['source']})")
+        start = self.fh.tell()
+        try:
+            with open(spool, "rb") as src:
+                shutil.copyfileobj(src, self.fh, 16 << 20)
+        except BaseException:  # a disk error or Ctrl-C mid-copy: the shard keeps whole files only
+            self.fh.seek(start)
+            self.fh.truncate()
+            raise
+        for meta in entry["chunks"]:
             meta["offset"] = self.n_frames
-            self.fh.write(frames.tobytes())
-            self.n_frames += frames.shape[0]
-            acc.update(frames)
+            self.n_frames += int(meta["n_frames"])
         self.files.append(entry)
-        self.stats.append(np.stack([acc.total, acc.total_sq]))
+        self.stats.append(np.asarray(stats, dtype=np.float64))
 
     def commit(self) -> dict[str, Any]:
         self._write_header(self.n_frames)
@@ -180,32 +204,63 @@ def _init_worker(fs_dict: dict[str, Any], max_seconds: float, done: frozenset[st
     _WORKER.update(feature_set=feature_set_from_dict(fs_dict), max_seconds=max_seconds, done=done)
 
 
-def _process_file(task: tuple[str, str]) -> dict[str, Any]:
-    """Hash, decode, chunk and extract one file; never raises for a bad file (returns a reject)."""
-    source, path = task
-    feature_set, max_seconds = _WORKER["feature_set"], _WORKER["max_seconds"]
+def _process_file(task: tuple[str, str, str]) -> dict[str, Any]:
+    """Hash, decode, chunk and extract one file into its spool file; never raises for a bad file
+    (whatever the exception, it returns a reject naming the file)."""
+    source, path, spool = task
     t0 = time.perf_counter()
     try:
         sha1 = file_sha1(path)
-    except OSError as exc:
-        return {"status": "reject", "source": source, "path": path, "reason": f"unreadable: {exc}"}
+    except Exception as exc:
+        return _reject(task, f"unreadable ({type(exc).__name__}: {exc})")
     if sha1 in _WORKER["done"]:
         return {"status": "skip", "source": source, "sha1": sha1}
     try:
-        y = load_audio(path, sample_rate=feature_set.sample_rate, min_samples=feature_set.min_samples)
-        t1 = time.perf_counter()
-        spans = chunk_spans(len(y), sample_rate=feature_set.sample_rate, max_seconds=max_seconds)
-        frames = feature_set.extract_batch([y[a:b] for a, b in spans], sample_rate=feature_set.sample_rate, normalize=False)
-    except M3bertError as exc:
-        return {"status": "reject", "source": source, "path": path, "sha1": sha1, "reason": str(exc)}
+        res = _extract_file(path, Path(spool))
     except Exception as exc:  # a decoder/library failure on one file must not end a long batch job
-        return {"status": "reject", "source": source, "path": path, "sha1": sha1,
-                "reason": f"{path}: {type(exc).__name__}: {exc}"}
-    t2 = time.perf_counter()
+        with contextlib.suppress(OSError):
+            os.unlink(spool)
+        return _reject(task, str(exc) if isinstance(exc, M3bertError) else f"{type(exc).__name__}: {exc}", sha1=sha1)
+    res.update(status="done", source=source, sha1=sha1, spool=spool, decode_s=res["decode_s"] + res.pop("t0") - t0)
+    return res
+
+
+def _reject(task: tuple[str, str, str], reason: str, *, sha1: str | None = None) -> dict[str, Any]:
+    source, path, _ = task
+    return {"status": "reject", "source": source, "path": path, "sha1": sha1,
+            "reason": reason if path in reason else f"{path}: {reason}"}
+
+
+def _worker_died(task: tuple[str, str, str], why: str) -> dict[str, Any]:
+    """The result of a file whose worker process died (or raised) while working on it."""
+    with contextlib.suppress(OSError):
+        os.unlink(task[2])
+    return _reject(task, f"{why} while decoding or extracting this file")
+
+
+def _extract_file(path: str, spool: Path) -> dict[str, Any]:
+    """Stream ``path`` chunk by chunk (``audio.AudioChunks``: memory bounded by about two chunks,
+    not the file) through the feature set, appending each chunk's raw frames to ``spool``."""
+    feature_set, max_seconds = _WORKER["feature_set"], _WORKER["max_seconds"]
     sr = feature_set.sample_rate
-    chunks = [{"start_s": a / sr, "end_s": b / sr, "n_frames": int(f.shape[0])} for (a, b), f in zip(spans, frames)]
-    return {"status": "done", "source": source, "sha1": sha1, "duration_s": len(y) / sr, "chunks": chunks,
-            "frames": frames, "decode_s": t1 - t0, "features_s": t2 - t1}
+    acc = CmvnAccumulator(feature_set.n_channels)
+    reader = AudioChunks(path, sample_rate=sr, max_seconds=max_seconds, min_samples=feature_set.min_samples)
+    chunks: list[dict[str, Any]] = []
+    t0 = t = time.perf_counter()
+    decode_s = features_s = 0.0
+    with open(spool, "wb") as fh:
+        for a, b, y in reader:
+            t1 = time.perf_counter()
+            decode_s += t1 - t
+            (frames,) = feature_set.extract_batch([y], sample_rate=sr, normalize=False)
+            frames = np.ascontiguousarray(frames, dtype=_DTYPE)
+            fh.write(frames.tobytes())
+            acc.update(frames)
+            chunks.append({"start_s": a / sr, "end_s": b / sr, "n_frames": int(frames.shape[0])})
+            t = time.perf_counter()
+            features_s += t - t1
+    return {"duration_s": reader.n_samples / sr, "chunks": chunks, "stats": np.stack([acc.total, acc.total_sq]),
+            "warning": reader.warning, "t0": t0, "decode_s": decode_s, "features_s": features_s}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,50 +307,96 @@ def _exclusive(store: Path) -> Iterator[None]:
         fh.close()
 
 
+def check_run_settings(*, feature_set: Any, workers: int, shard_index: int, num_shards: int, max_seconds: float,
+                       files_per_shard: int) -> None:
+    """Refuse settings that are invalid or would break every file, before anything is written.
+
+    ``--max-seconds`` must be finite and long enough that the shortest example of the 30 s rule
+    (half of it) still holds one analysis window; otherwise every long file would be rejected
+    and the store would keep the broken setting.
+    """
+    def whole(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not (whole(num_shards) and whole(shard_index)) or num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise DataError(f"--shard-index must be in [0, {num_shards}) with --num-shards >= 1, "
+                        f"got {shard_index!r}/{num_shards!r}")
+    if not whole(workers) or workers < 1:
+        raise DataError(f"--workers must be an integer >= 1, got {workers!r}")
+    if not whole(files_per_shard) or files_per_shard < 1:
+        raise DataError(f"--files-per-shard must be an integer >= 1, got {files_per_shard!r}")
+    sr, min_samples = feature_set.sample_rate, feature_set.min_samples
+    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float, np.number)) \
+            or not math.isfinite(max_seconds) or max_seconds <= 0:
+        raise ConfigError(f"--max-seconds must be a finite number of seconds > 0, got {max_seconds!r}")
+    shortest = (int(math.floor(max_seconds * sr + 1e-9)) + 1) // 2
+    if shortest < min_samples:
+        raise ConfigError(f"--max-seconds {max_seconds:g} cuts long files into examples as short as "
+                          f"{shortest / sr:.3f} s, less than one analysis window ({min_samples} samples = "
+                          f"{min_samples / sr:.3f} s at {sr} Hz); use at least {2 * min_samples / sr:.3f}")
+
+
 def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike, *,
                      feature_set: Any, workers: int = 1, shard_index: int = 0, num_shards: int = 1,
                      strict: bool = False, progress: bool = True, max_seconds: float = 30.0,
                      files_per_shard: int = 32) -> dict[str, Any]:
     """Extract every chunk of every input file into the store at ``out``; returns a summary dict.
 
-    ``inputs``: a folder (recursive), a file, or a list of them. Files already in the store (same
-    bytes) are skipped; bad files are skipped and recorded in ``rejects`` (``strict=True``: the
-    first bad file raises its ``AudioError`` after committing the work done so far).
+    ``inputs``: a folder (recursive), a file, or a list of them; finding no audio file at all is a
+    ``DataError``. Files already in the store (same bytes) are skipped; bad files are skipped and
+    recorded in ``rejects``, whatever the failure, also a worker process that dies on a file
+    (``strict=True``: the first bad file raises its ``AudioError`` after committing the work done
+    so far). Files are streamed chunk by chunk, so memory does not grow with a file's length.
     ``workers`` > 1 decodes and extracts in that many processes (one torch thread each).
+    Settings are checked (:func:`check_run_settings`) before anything is written.
     """
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise DataError(f"--shard-index must be in [0, {num_shards}) with --num-shards >= 1, "
-                        f"got {shard_index}/{num_shards}")
-    if workers < 1 or files_per_shard < 1:
-        raise DataError(f"workers and files_per_shard must be >= 1, got {workers}, {files_per_shard}")
+    check_run_settings(feature_set=feature_set, workers=workers, shard_index=shard_index, num_shards=num_shards,
+                       max_seconds=max_seconds, files_per_shard=files_per_shard)
     t_start = time.perf_counter()
     store = Path(out)
+    if store.exists() and not store.is_dir():
+        raise DataError(f"--out {store}: is a file; expected a feature store folder (new or existing)")
+    all_inputs = resolve_inputs(inputs)
+    if not all_inputs:
+        shown = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
+        raise DataError(f"no audio files found in {shown} (looked for {' '.join(AUDIO_EXTENSIONS)}, "
+                        f"recursively, case-insensitive)")
+    mine = [(s, p) for s, p in all_inputs if partition_of(s, num_shards) == shard_index]
+    header = _store_header(feature_set, max_seconds=max_seconds, shard_index=shard_index, num_shards=num_shards)
     shard_dir = store / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    header = _store_header(feature_set, max_seconds=max_seconds, shard_index=shard_index, num_shards=num_shards)
-    all_inputs = resolve_inputs(inputs)
-    mine = [(s, p) for s, p in all_inputs if partition_of(s, num_shards) == shard_index]
 
     with _exclusive(store):
-        if (store / "store.json").exists():
-            _check_header(store, read_json(store / "store.json"), header)
-        else:
-            atomic_write_json(store / "store.json", {**header, "created_at": time.time(), "versions": versions()})
         _remove_debris(shard_dir)
         records = _load_records(shard_dir)
-        done_sha = {f["sha1"]: f["source"] for r in records for f in r["files"]}
         old_rejects = _read_rejects(store)
+        if (store / "store.json").exists():
+            have = read_json(store / "store.json")
+            if records or have.get("format") != FORMAT:
+                _check_header(store, have, header)
+            elif _header_identity(have) != _header_identity(header):
+                # no file was ever committed here (e.g. an earlier run whose settings broke every
+                # file): nothing depends on the old settings, so the store takes the new ones
+                atomic_write_json(store / "store.json", {**header, "created_at": time.time(), "versions": versions()})
+                old_rejects = {}
+        else:
+            atomic_write_json(store / "store.json", {**header, "created_at": time.time(), "versions": versions()})
+        done_sha = {f["sha1"]: f["source"] for r in records for f in r["files"]}
         summary = _Summary(n_inputs=len(mine), n_all_inputs=len(all_inputs))
         # unique per run, also for two runs in one process within a second (a shard is never overwritten)
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}"
         writer: ShardWriter | None = None
         seq = 0
         rejects: dict[str, dict[str, Any]] = {}
-        ctx = _worker_pool(feature_set, max_seconds, frozenset(done_sha), workers)
+        # each file's frames go through a spool file in the shard folder (a dot name: debris if killed)
+        tasks = [(s, str(p), str(shard_dir / f".spool-{run_id}-{i:06d}.f32")) for i, (s, p) in enumerate(mine)]
+        init_args = (feature_set.to_dict(), max_seconds, frozenset(done_sha), 1 if workers > 1 else None)
         bar = _progress(len(mine), progress)
+        results = run_tasks(_process_file, tasks, workers=workers, on_failure=_worker_died,
+                            initializer=_init_worker, initargs=init_args)
         try:
-            with ctx as imap:
-                for res in imap(_process_file, [(s, str(p)) for s, p in mine]):
+            for res in results:
+                try:
                     bar.update(1)
                     src = res["source"]
                     if res["status"] == "reject":
@@ -317,8 +418,11 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
                         seq += 1
                     entry = {"source": src, "sha1": res["sha1"], "duration_s": res["duration_s"],
                              "chunks": res["chunks"]}
+                    if res.get("warning"):
+                        entry["warning"] = res["warning"]
+                        summary.warnings.append({"source": src, "warning": res["warning"]})
                     t0 = time.perf_counter()
-                    writer.append_file(entry, res["frames"])
+                    writer.append_file(entry, Path(res["spool"]), res["stats"])
                     summary.add(res, time.perf_counter() - t0)
                     bar.set_postfix_str(f"{summary.audio_s / max(time.perf_counter() - t_start, 1e-9):.0f}x rt")
                     if len(writer.files) >= files_per_shard:
@@ -326,7 +430,12 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
                         writer.commit()
                         summary.write_s += time.perf_counter() - t0
                         writer = None
+                finally:
+                    if res.get("spool"):
+                        with contextlib.suppress(OSError):
+                            os.unlink(res["spool"])
         finally:
+            results.close()  # stops the worker processes now, also when --strict or Ctrl-C ends the loop
             bar.close()
             if writer is not None:
                 if writer.files:  # complete files only: keep them (Ctrl-C, --strict) instead of losing them
@@ -337,6 +446,9 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
             kept = {s: r for s, r in old_rejects.items() if s not in done_sources and s not in rejects}
             kept.update(rejects)
             atomic_write_json(store / "rejects.json", sorted(kept.values(), key=lambda r: r["source"]))
+            for p in shard_dir.glob(f".spool-{run_id}-*"):  # files in flight when a run was interrupted
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     opened = FeatureStore.open(store)
     opened.write_manifest()
@@ -344,17 +456,8 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
     return summary.to_dict(store=opened, path=store, shard_index=shard_index, num_shards=num_shards)
 
 
-@contextlib.contextmanager
-def _worker_pool(feature_set: Any, max_seconds: float, done: frozenset[str], workers: int):
-    fs_dict = feature_set.to_dict()
-    if workers == 1:
-        _init_worker(fs_dict, max_seconds, done, None)
-        yield lambda fn, items: map(fn, items)
-        return
-    # spawn: torch and forked OpenMP thread pools do not mix
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(fs_dict, max_seconds, done, 1)) as pool:
-        yield lambda fn, items: pool.imap(fn, items, chunksize=1)
+def _header_identity(h: dict[str, Any]) -> tuple:
+    return (h.get("config_hash"), h.get("chunking"), h.get("shard_index"), h.get("num_shards"))
 
 
 def _progress(total: int, enabled: bool):
@@ -409,6 +512,7 @@ class _Summary:
     wall_s: float = 0.0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # stored, but suspicious (truncated)
 
     def add(self, res: dict[str, Any], write_s: float) -> None:
         self.n_done += 1
@@ -425,7 +529,7 @@ class _Summary:
             "files_found": self.n_all_inputs, "files_in_partition": self.n_inputs,
             "files_done": self.n_done, "files_already_in_store": self.n_already,
             "files_skipped": len(self.rejected) + len(self.duplicates),
-            "rejects": self.rejected, "duplicates": self.duplicates,
+            "rejects": self.rejected, "duplicates": self.duplicates, "warnings": self.warnings,
             "chunks": self.n_chunks, "frames": self.n_frames,
             "audio_hours": self.audio_s / 3600.0, "wall_s": self.wall_s,
             "speed_x_realtime": self.audio_s / self.wall_s if self.wall_s > 0 else 0.0,
@@ -455,6 +559,7 @@ class FeatureStore:
         self.shard_paths = shard_paths
         self.rejects = rejects
         self.duplicates = duplicates
+        self.warnings: list[dict[str, Any]] = []  # files stored with a warning (probably truncated)
         self.cmvn_accumulator = cmvn
         self.lengths = np.asarray([r["n_frames"] for r in rows], dtype=np.int64)
         self.feature_set = feature_set_from_dict(header["feature_set"])
@@ -499,12 +604,15 @@ class FeatureStore:
         stats_cache: dict[int, np.ndarray] = {}
         first_of: dict[str, str] = {}
         duplicates: list[dict[str, Any]] = []
+        warnings: list[dict[str, Any]] = []
         for source in sorted(entries):
             _, f, k = entries[source]
             if f["sha1"] in first_of:  # same bytes in two partitions: keep the first, as one store would
                 duplicates.append({"source": source, "same_as": first_of[f["sha1"]]})
                 continue
             first_of[f["sha1"]] = source
+            if f.get("warning"):
+                warnings.append({"source": source, "warning": f["warning"]})
             if k not in stats_cache:
                 try:
                     stats_cache[k] = np.load(shard_stats[k])
@@ -519,7 +627,9 @@ class FeatureStore:
                              "shard": k, "offset": int(c["offset"])})
         done = {r["source"] for r in rows}
         rejects = [r for r in rejects if r["source"] not in done]
-        return cls(paths, header, rows, shard_paths, rejects, acc, duplicates)
+        store = cls(paths, header, rows, shard_paths, rejects, acc, duplicates)
+        store.warnings = warnings
+        return store
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -584,5 +694,5 @@ class FeatureStore:
             "shards": [p.name for p in self.shard_paths], "corpus_cmvn": self.cmvn_stats,
             "rows": [{**r, "shard": self.shard_paths[r["shard"]].name, "feature_set": self.feature_set.name,
                       "config_hash": self.header["config_hash"]} for r in self.rows],
-            "rejects": self.rejects,
+            "rejects": self.rejects, "warnings": self.warnings,
         }, indent=None)

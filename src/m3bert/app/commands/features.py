@@ -8,7 +8,7 @@ import os
 
 from m3bert.core.config import apply_overrides
 from m3bert.features import get_feature_set
-from m3bert.features.store import extract_to_store
+from m3bert.features.store import check_run_settings, extract_to_store
 
 HELP = "extract a feature set (default: the 324-d M3BERT features) from audio files into a feature store"
 
@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="feature-set option, e.g. --set cqt_variant=chroma1008 --set cmvn=corpus (repeatable)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes for decoding + features (default 1; 2 on a 2-core machine)")
+                        help="worker processes for decoding + features (default 1; 2 on a 2-core machine); "
+                             "with 2 or more, a worker that crashes on a file makes it a reject and the run goes on")
     parser.add_argument("--shard-index", type=int, default=0, help="this process's partition of the file list")
     parser.add_argument("--num-shards", type=int, default=1,
                         help="number of partitions; each fills its own store, FeatureStore.open([...]) merges them")
@@ -38,12 +39,25 @@ def run(args: argparse.Namespace) -> int:
     # the one override mechanism: defaults of the named set <- --set KEY=VALUE (unknown keys are errors)
     defaults = dataclasses.asdict(get_feature_set(args.feature_set).config)
     feature_set = get_feature_set(args.feature_set, **apply_overrides(defaults, args.overrides))
+    # every argument is checked before any file or folder is touched (one error line, exit 1)
+    check_run_settings(feature_set=feature_set, workers=args.workers, shard_index=args.shard_index,
+                       num_shards=args.num_shards, max_seconds=args.max_seconds, files_per_shard=args.files_per_shard)
     summary = extract_to_store(args.inputs, args.out, feature_set=feature_set, workers=args.workers,
                                shard_index=args.shard_index, num_shards=args.num_shards, strict=args.strict,
                                progress=not args.quiet, max_seconds=args.max_seconds,
                                files_per_shard=args.files_per_shard)
-    print(format_summary(summary))
+    print(printable(format_summary(summary)))
     return 0
+
+
+def printable(text: str) -> str:
+    """``text`` safe for any stdout: a file name that is not valid UTF-8 (its raw bytes kept as
+    surrogate escapes by ``os.fsdecode``) is shown with ``\\xNN`` escapes instead of crashing print."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def format_summary(s: dict) -> str:
@@ -61,6 +75,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"  skipped {r['source']}: {r['reason']}")
     for d in s["duplicates"]:
         lines.append(f"  skipped {d['source']}: same bytes as {d['same_as']}")
+    for w in s.get("warnings", []):
+        lines.append(f"  warning {w['source']}: {w['warning']}")
     lines.append(f"  store {s['store']}: {s['store_files']} file(s), {s['store_chunks']} chunk(s), "
                  f"{s['store_hours']:.3f} h" + (f" -> {os.path.join(s['store'], 'manifest.json')}"))
     return "\n".join(lines)
