@@ -48,6 +48,8 @@ class HearModel(nn.Module):
             raise ConfigError(f"pool={pool!r}; expected 'mean' or 'meanstd'")
         self.embedder = embedder
         self.encoder = embedder.encoder  # registered so .parameters()/.to() see the weights
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r}; expected an integer >= 1 (encoder windows per forward pass)")
         self.layers = layers
         self.pool = pool
         self.batch_size = int(batch_size)

@@ -1,8 +1,9 @@
 """Embeddings for any audio: the :class:`Embedder` (decode -> features -> windowed encoder -> pooling).
 
 Longer than 500 lines because the Embedder is one class whose steps share its state; its pure
-parts live in :mod:`m3bert.windows` (windows, stitching, pooling) and :mod:`m3bert.models.hub`
-(model resolution and ids).
+parts live in :mod:`m3bert.windows` (windows, stitching, pooling), :mod:`m3bert.models.hub`
+(model resolution and ids), :mod:`m3bert.embed.stream` (block features of long inputs) and
+:mod:`m3bert.embed.incremental` (the window rules applied as those blocks arrive).
 
 ``load_model(spec)`` turns a model directory, a run directory (best checkpoint, else last), a
 checkpoint directory or ``random:CONFIG[:SEED]`` into an :class:`Embedder`::
@@ -14,8 +15,11 @@ checkpoint directory or ``random:CONFIG[:SEED]`` into an :class:`Embedder`::
 Long audio
 ----------
 The encoder has a fixed context (``max_frames``, 1294 frames = 30 s for the paper's models).
-Features of the whole file are computed once (one continuous STFT, so there are no edge
-effects at window borders), then the encoder runs over windows of ``window_frames`` frames
+Features are those of the whole file (one continuous STFT, so there are no edge effects at
+window borders); inputs longer than ``stream.STREAM_SECONDS`` (60 s) are decoded and featurised
+block by block with exactly the same numbers (:mod:`m3bert.embed.stream`), windowed, encoded,
+stitched and pooled as the blocks arrive (:mod:`m3bert.embed.incremental`), so memory does not
+grow with the file's length. The encoder runs over windows of ``window_frames`` frames
 every ``hop_frames`` frames. All windows are full length (the last one is aligned to the end
 of the file), and every output frame is taken from the window in which it is most central, so
 each frame sees the largest context available on both sides and the stitched sequence has no
@@ -35,6 +39,13 @@ does. Normalising a 3-minute file with whole-file statistics instead would shift
 away from the distribution the model was trained on (a quiet intro would be normalised with
 the loud chorus's statistics). With ``corpus`` statistics or ``none`` the normalisation is the
 same affine map for every frame, so the features are extracted normalised in one go.
+
+Failures
+--------
+With ``errors="skip"`` every per-input failure, whatever raised it (a decoder, a feature
+extractor, the encoder), becomes that input's ``EmbedResult(error=...)`` and the other inputs go
+on; with ``errors="raise"`` it is raised as an ``M3bertError`` naming the input (any other
+exception becomes an ``AudioError``). An output with NaN/inf is a failure, never returned.
 
 Batching
 --------
@@ -56,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -63,8 +75,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from m3bert.audio import load_audio, resample, validate_waveform
+from m3bert.audio import resample, validate_waveform
 from m3bert.core.errors import AudioError, CheckpointError, ConfigError, M3bertError
+from m3bert.embed.incremental import Pooling, WindowStream, seam
+from m3bert.embed.stream import BlockFeatures, StreamMismatch, array_chunks, can_stream, open_file, stream_samples
 from m3bert.features.memo import FeatureMemo
 from m3bert.models.hub import check_feature_set, load_encoder, model_id
 from m3bert.windows import POOLS, pool_frames, stitch, window_owners, window_starts
@@ -86,13 +100,9 @@ LEVELS = ("clip", "frame")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
-
-
 # ---------------------------------------------------------------------------------------------
-# Pure functions: windows, stitching, normalisation, pooling, layer selection
+# Layer selection
 # ---------------------------------------------------------------------------------------------
-
-
 
 
 def parse_layers(layers: int | str | Sequence[int], n_hidden_states: int) -> tuple[list[int], bool]:
@@ -188,6 +198,17 @@ class Prepared:
     n_samples: int  # samples at the model's rate
     starts: list[int]  # window start frames
     windows: list[np.ndarray] = field(default_factory=list)  # each (window_len, C) float32, normalised
+    where: str = ""  # the input's name in messages
+
+
+@dataclass
+class _Long:
+    """An input longer than ``stream.STREAM_SECONDS``: its features arrive block by block."""
+
+    index: int
+    item: Any
+    where: str
+    feats: BlockFeatures
 
 
 class Embedder:
@@ -227,19 +248,18 @@ class Embedder:
         if self.cmvn_mode == "corpus" and not _has_corpus_stats(feature_set):
             raise CheckpointError(f"{source}: feature set uses corpus CMVN but carries no cmvn_stats")
         self.dtype = dtype
-        # The encoder is used as given (no requires_grad or train-mode changes leak to a caller
-        # that is still training it); forward passes run in eval mode under inference_mode.
-        self.encoder = encoder if device is None else encoder.to(torch.device(device))
         max_frames = int(encoder.cfg.max_frames)
-        self.window_frames = int(window_frames or max_frames)
-        if not 0 < self.window_frames <= max_frames:
-            raise ConfigError(f"window_frames={window_frames}; expected 1..{max_frames} (the model's max_frames)")
+        self.window_frames = _frames_arg(window_frames, "window_frames", default=max_frames, upper=max_frames,
+                                         upper_is="the model's max_frames")
         # Default overlap: 1/6 of the window (5 s of a 30 s window), so after stitching every
         # frame away from the file's ends has >= 2.5 s of context on both sides, for ~20 %
         # extra encoder work on long files.
-        self.hop_frames = int(hop_frames or max(1, self.window_frames - self.window_frames // 6))
-        if not 0 < self.hop_frames <= self.window_frames:
-            raise ConfigError(f"hop_frames={hop_frames}; expected 1..window_frames={self.window_frames}")
+        self.hop_frames = _frames_arg(hop_frames, "hop_frames",
+                                      default=max(1, self.window_frames - self.window_frames // 6),
+                                      upper=self.window_frames, upper_is=f"window_frames={self.window_frames}")
+        # The encoder is used as given (no requires_grad or train-mode changes leak to a caller
+        # that is still training it); forward passes run in eval mode under inference_mode.
+        self.encoder = encoder if device is None else encoder.to(check_device(device))
         # False: only windows of equal length share an encoder batch, so no frame is ever padded
         # and every output is bitwise independent of what else was in the batch (measured on CPU:
         # padding + key mask changes outputs by ~1e-6). True: pad mixed lengths together (faster
@@ -355,8 +375,11 @@ class Embedder:
         """Yield one :class:`EmbedResult` per item, in input order, holding memory flat.
 
         Items are read a few at a time until ``batch_size`` windows are ready, run through the
-        encoder together, stitched, pooled and yielded. ``errors="skip"``: an item that cannot be
-        decoded or featurised yields ``EmbedResult(error=...)`` instead of raising.
+        encoder together, stitched, pooled and yielded; an input longer than
+        ``stream.STREAM_SECONDS`` runs alone, block by block. ``errors="skip"``: an item that
+        fails for any reason (decoding, features, encoder, a non-finite output) yields
+        ``EmbedResult(error=...)`` and the others go on; ``errors="raise"`` raises its error
+        (an ``M3bertError`` naming the input).
         """
         if level not in LEVELS:
             raise ConfigError(f"level={level!r}; expected one of {list(LEVELS)}")
@@ -373,30 +396,37 @@ class Embedder:
         if progress:
 
             bar = tqdm(total=len(items), desc="embed", unit="file")
+        run = (idx, squeeze, level, pool, int(batch_size), errors)
         try:
             pending: list[Prepared] = []
             n_windows = 0
             for i, item in enumerate(items):
                 try:
-                    prep = self.prepare(item, sample_rate=sample_rate, index=i)
-                except M3bertError as exc:
+                    job = self._open(item, sample_rate=sample_rate, index=i)
+                except Exception as exc:  # whatever failed for this input: its failure, not the batch's
+                    err = _item_error(_where(item, i), exc)
                     if errors == "raise":
-                        raise
+                        _raise(err, exc)
                     if on_prepare_error is not None:
-                        on_prepare_error(item, exc)
+                        on_prepare_error(item, err)
                     # flush what came before so output order is kept
-                    yield from self._finish(pending, idx, squeeze, level, pool, batch_size, bar)
+                    yield from self._finish(pending, run, bar)
                     pending, n_windows = [], 0
                     if bar is not None:
                         bar.update(1)
-                    yield EmbedResult(index=i, item=item, error=str(exc))
+                    yield EmbedResult(index=i, item=item, error=str(err))
                     continue
-                pending.append(prep)
-                n_windows += len(prep.windows)
-                if n_windows >= batch_size:
-                    yield from self._finish(pending, idx, squeeze, level, pool, batch_size, bar)
+                if isinstance(job, _Long):  # alone, block by block, after what came before
+                    yield from self._finish(pending, run, bar)
                     pending, n_windows = [], 0
-            yield from self._finish(pending, idx, squeeze, level, pool, batch_size, bar)
+                    yield from self._finish_long(job, run, bar)
+                    continue
+                pending.append(job)
+                n_windows += len(job.windows)
+                if n_windows >= batch_size:
+                    yield from self._finish(pending, run, bar)
+                    pending, n_windows = [], 0
+            yield from self._finish(pending, run, bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -411,29 +441,59 @@ class Embedder:
             )
         return dims.pop()
 
-    def _waveform(self, item: Any, sample_rate: int | None) -> tuple[np.ndarray, str]:
-        """Decode/validate one input to a mono float32 waveform ``(n_samples,)`` at ``self.sample_rate``."""
-
+    def _waveform(self, item: Any, sample_rate: int | None, where: str) -> np.ndarray:
+        """Validate an in-memory waveform and resample it to ``self.sample_rate``: mono float32 ``(n_samples,)``."""
         min_samples = int(getattr(self.feature_set, "min_samples", 1))
-        if isinstance(item, (str, os.PathLike)):
-            return load_audio(item, sample_rate=self.sample_rate, min_samples=min_samples), str(item)
-        where = f"waveform ({type(item).__name__})"
         if isinstance(item, torch.Tensor):
             item = item.detach().to("cpu", torch.float32).numpy()
         if not isinstance(item, np.ndarray):
             raise AudioError(f"{where}: expected a path or a mono waveform (n_samples,) array")
         if sample_rate is None:
             raise AudioError(f"{where}: pass sample_rate= with a waveform (the model expects {self.sample_rate} Hz)")
-        x = validate_waveform(item, sample_rate=int(sample_rate), min_samples=1, source=where)
-        x = resample(x, orig_sample_rate=int(sample_rate), sample_rate=self.sample_rate)
-        return validate_waveform(x, sample_rate=self.sample_rate, min_samples=min_samples, source=where), where
+        x = validate_waveform(item, sample_rate=sample_rate, min_samples=1, source=where)
+        x = resample(x, orig_sample_rate=sample_rate, sample_rate=self.sample_rate)
+        return validate_waveform(x, sample_rate=self.sample_rate, min_samples=min_samples, source=where)
+
+    def _open(self, item: Any, *, sample_rate: int | None, index: int) -> Prepared | _Long:
+        """Decode ``item``: a short input is featurised whole into its windows (:class:`Prepared`),
+        a long one is left to stream (:class:`_Long`) when the feature set allows it."""
+        where = _where(item, index)
+        if isinstance(item, (str, os.PathLike)):
+            min_samples = int(getattr(self.feature_set, "min_samples", 1))
+            x, chunks = open_file(item, sample_rate=self.sample_rate, min_samples=min_samples)
+        else:
+            x = self._waveform(item, sample_rate, where)
+            chunks = array_chunks(x, self.sample_rate) if x.size > stream_samples(self.sample_rate) else None
+        if chunks is not None:
+            if can_stream(self.feature_set):
+                feats = BlockFeatures(self.feature_set, chunks, normalize=self.cmvn_mode != "clip", source=where)
+                return _Long(index=index, item=item, where=where, feats=feats)
+            if x is None:  # a feature set that is not streamed: the whole file, as before
+                x = np.concatenate(list(chunks()))
+        return self._prepare_waveform(x, where=where, item=item, index=index)
 
     def prepare(self, item: Any, *, sample_rate: int | None = None, index: int = 0) -> Prepared:
         """Decode/resample ``item``, extract its features and cut them into normalised encoder windows.
 
         What training on windows (``m3bert.enrich``) caches, so training sees what inference sees.
         """
-        x, where = self._waveform(item, sample_rate)
+        job = self._open(item, sample_rate=sample_rate, index=index)
+        if isinstance(job, Prepared):
+            return job
+        try:
+            cut = WindowStream(job.feats, window=self.window_frames, hop=self.hop_frames)
+            starts, windows = [], []
+            for start, frames in cut:
+                starts.append(start)
+                windows.append(self._window(frames, job.where))
+            return Prepared(index=index, item=item, n_frames=int(cut.n_frames), n_samples=int(job.feats.n_samples),
+                            starts=starts, windows=windows, where=job.where)
+        except StreamMismatch:
+            return self._prepare_waveform(np.concatenate(list(job.feats.chunks())), where=job.where, item=item,
+                                          index=index)
+
+    def _prepare_waveform(self, x: np.ndarray, *, where: str, item: Any, index: int) -> Prepared:
+        """The whole-input path: features of all of ``x`` at once, cut into windows."""
         feature_set = self.feature_set
         normalize = self.cmvn_mode != "clip"
         memo = self.feature_memo
@@ -445,6 +505,7 @@ class Embedder:
             except M3bertError as exc:
                 raise type(exc)(f"{where}: {exc}") from exc
             feats = np.asarray(feats, dtype=np.float32)
+            _check_finite_features(feats, where)
             if memo_key is not None:
                 memo.put(memo_key, feats)
         if feats.ndim != 2 or feats.shape[0] == 0:
@@ -456,7 +517,12 @@ class Embedder:
             w = feats[s:s + self.window_frames]
             windows.append(_normalize_window(feature_set, w) if self.cmvn_mode == "clip" else w)
         return Prepared(index=index, item=item, n_frames=n_frames, n_samples=int(x.size), starts=starts,
-                         windows=windows)
+                        windows=windows, where=where)
+
+    def _window(self, frames: np.ndarray, where: str) -> np.ndarray:
+        """One streamed window, CMVN-normalised on its own in ``clip`` mode (as the whole-input path does)."""
+        _check_finite_features(frames, where)
+        return _normalize_window(self.feature_set, frames) if self.cmvn_mode == "clip" else frames
 
     def _encode_windows(self, windows: list[np.ndarray], idx: list[int], batch_size: int) -> list[np.ndarray]:
         """Run the encoder; returns per window ``(n_selected, window_len, D)`` float32."""
@@ -494,27 +560,108 @@ class Embedder:
             self.encoder.train(was_training)
         return out  # type: ignore[return-value]
 
-    def _finish(self, pending: list[Prepared], idx: list[int], squeeze: bool, level: str, pool: str,
-                batch_size: int, bar: Any) -> Iterator[EmbedResult]:
+    def _finish(self, pending: list[Prepared], run: tuple, bar: Any) -> Iterator[EmbedResult]:
+        """Encode the windows of ``pending`` together, then stitch, pool and check each input."""
         if not pending:
             return
+        idx, squeeze, level, pool, batch_size, errors = run
         flat = [w for p in pending for w in p.windows]
-        encoded = self._encode_windows(flat, idx, batch_size)
+        try:
+            encoded: list[np.ndarray] | Exception = self._encode_windows(flat, idx, batch_size)
+        except Exception as exc:
+            if len(pending) > 1:  # find out whose windows fail: one input at a time
+                for p in pending:
+                    yield from self._finish([p], run, bar)
+                return
+            encoded = exc
         pos = 0
         for p in pending:
-            states = encoded[pos:pos + len(p.windows)]
+            try:
+                if isinstance(encoded, Exception):
+                    raise encoded
+                states = encoded[pos:pos + len(p.windows)]
+                frames = stitch(states, p.starts, p.n_frames, window=self.window_frames)  # (n_sel, T, D)
+                out = pool_frames(frames, pool) if level == "clip" else frames
+                result = EmbedResult(index=p.index, item=p.item, output=self._output(out, p.n_frames, squeeze, level,
+                                                                                    p.where),
+                                     n_samples=p.n_samples)
+            except Exception as exc:
+                err = _item_error(p.where or _where(p.item, p.index), exc)
+                if errors == "raise":
+                    _raise(err, exc)
+                result = EmbedResult(index=p.index, item=p.item, error=str(err))
             pos += len(p.windows)
-            frames = stitch(states, p.starts, p.n_frames, window=self.window_frames)  # (n_sel, T, D)
-            if level == "clip":
-                out = pool_frames(frames, pool)
-                output: Any = out[0] if squeeze else out
-            else:
-                times = np.asarray(self.feature_set.frame_times_ms(p.n_frames), dtype=np.float64)
-                output = (frames[0] if squeeze else frames, times)
             if bar is not None:
                 bar.update(1)
-            yield EmbedResult(index=p.index, item=p.item, output=output, n_samples=p.n_samples)
+            yield result
 
+    def _finish_long(self, job: _Long, run: tuple, bar: Any) -> Iterator[EmbedResult]:
+        """Embed one streamed input (falling back to the whole-input path if streaming cannot be exact)."""
+        idx, squeeze, level, pool, batch_size, errors = run
+        try:
+            result = EmbedResult(index=job.index, item=job.item, output=self._embed_long(job, run),
+                                 n_samples=int(job.feats.n_samples))
+        except StreamMismatch:
+            try:
+                prep = self._prepare_waveform(np.concatenate(list(job.feats.chunks())), where=job.where,
+                                              item=job.item, index=job.index)
+            except Exception as exc:
+                err = _item_error(job.where, exc)
+                if errors == "raise":
+                    _raise(err, exc)
+                result = EmbedResult(index=job.index, item=job.item, error=str(err))
+            else:
+                yield from self._finish([prep], run, bar)
+                return
+        except Exception as exc:
+            err = _item_error(job.where, exc)
+            if errors == "raise":
+                _raise(err, exc)
+            result = EmbedResult(index=job.index, item=job.item, error=str(err))
+        if bar is not None:
+            bar.update(1)
+        yield result
+
+    def _embed_long(self, job: _Long, run: tuple) -> Any:
+        """Windows of a streamed input, encoded ``batch_size`` at a time, each window's owned frames
+        pooled as soon as the next window's start is known: memory bounded by a batch of windows."""
+        idx, squeeze, level, pool, batch_size, errors = run
+        windows = WindowStream(job.feats, window=self.window_frames, hop=self.hop_frames)
+        pooled = Pooling(level, pool)
+        batch: list[tuple[int, np.ndarray]] = []
+        encoded: deque[tuple[int, np.ndarray]] = deque()  # windows waiting for their successor's start
+        owned_from = 0
+
+        def drain(final: bool) -> None:
+            nonlocal owned_from
+            while len(encoded) > 1 or (final and encoded):
+                start, states = encoded.popleft()
+                stop = seam(start, encoded[0][0], window=self.window_frames) if encoded else windows.n_frames
+                pooled.add(states[:, owned_from - start: stop - start])
+                owned_from = stop
+
+        for start, frames in windows:
+            batch.append((start, self._window(frames, job.where)))
+            if len(batch) >= batch_size:
+                encoded.extend(zip([b[0] for b in batch], self._encode_windows([b[1] for b in batch], idx, batch_size)))
+                batch = []
+                drain(False)
+        if batch:
+            encoded.extend(zip([b[0] for b in batch], self._encode_windows([b[1] for b in batch], idx, batch_size)))
+        drain(True)
+        return self._output(pooled.result(windows.n_frames), windows.n_frames, squeeze, level, job.where)
+
+    def _output(self, out: np.ndarray, n_frames: int, squeeze: bool, level: str, where: str) -> Any:
+        """The returned value (one layer squeezed; frame times at frame level), refused if not finite."""
+        if not np.isfinite(out).all():
+            n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+            raise AudioError(f"{where}: the embedding has {n_bad} non-finite value(s) (NaN/inf) although its features "
+                             f"are finite; the model is numerically unstable on this input (try dtype='fp32') or "
+                             f"its weights are broken; nothing is written for it")
+        if level == "clip":
+            return out[0] if squeeze else out
+        times = np.asarray(self.feature_set.frame_times_ms(n_frames), dtype=np.float64)
+        return (out[0] if squeeze else out, times)
 
 
 def _cmvn_mode(feature_set: Any) -> str:
@@ -532,3 +679,63 @@ def _has_corpus_stats(feature_set: Any) -> bool:
 def _normalize_window(feature_set: Any, frames: np.ndarray) -> np.ndarray:
     """Clip CMVN of one window ``(window_len, C)`` with the feature set's own CMVN (same eps)."""
     return np.asarray(feature_set.normalize(frames), dtype=np.float32)
+
+
+def _where(item: Any, index: int) -> str:
+    """How messages name an input: its path, or the waveform's position in the batch."""
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    return f"waveform #{index} ({type(item).__name__})"
+
+
+def _item_error(where: str, exc: BaseException) -> M3bertError:
+    """An input's failure as an ``M3bertError`` naming it: ours as they are, any other as an ``AudioError``."""
+    if isinstance(exc, M3bertError):
+        return exc if where in str(exc) else type(exc)(f"{where}: {exc}")
+    detail = str(exc).strip().splitlines()
+    return AudioError(f"{where}: failed ({type(exc).__name__}: {detail[-1] if detail else 'no message'})")
+
+
+def _raise(err: M3bertError, exc: BaseException) -> None:
+    if err is exc:
+        raise err
+    raise err from exc
+
+
+def _check_finite_features(feats: np.ndarray, where: str) -> None:
+    if not np.isfinite(feats).all():
+        n_bad = int(feats.size - np.count_nonzero(np.isfinite(feats)))
+        raise AudioError(f"{where}: its features have {n_bad} non-finite value(s) (NaN/inf); the audio's sample "
+                         f"values are out of range (expected about [-1, 1])")
+
+
+def _frames_arg(value: Any, name: str, *, default: int, upper: int, upper_is: str) -> int:
+    """``window_frames`` / ``hop_frames``: ``None`` is the default; else an integer in ``1..upper``."""
+    if value is None:
+        return int(default)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name}={value!r}; expected an integer 1..{upper} ({upper_is}) or None for the default")
+    if not 1 <= int(value) <= upper:
+        raise ConfigError(f"{name}={value}; expected 1..{upper} ({upper_is}), or None for the default "
+                          f"({default}); 0 does not mean the default")
+    return int(value)
+
+
+def check_device(device: Any) -> torch.device:
+    """A torch device that exists on this machine, or a ``ConfigError`` saying why not."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device={device!r} is not a torch device ({str(exc).strip().splitlines()[0]}); "
+                          "expected 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}: CUDA is not available on this machine "
+                              f"(torch {torch.__version__}, cuda {torch.version.cuda}); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r}: MPS is not available on this machine; use 'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device!r}: unsupported device type {dev.type!r}; expected 'cpu', 'cuda' or 'mps'")
+    return dev

@@ -1,5 +1,8 @@
 """The embeddings folder: the one owner of the format ``m3bert embed`` writes and ``--embeddings`` reads.
 
+Longer than 500 lines because the writers (npy, HDF5), the run that feeds them and the reader of one
+format live together: splitting them would split the format's single owner.
+
 ``--format npy`` (default), a folder ``OUT``:
 
 * ``OUT/<key>.npy`` per input file, where the key is the input's path relative to the folder
@@ -14,8 +17,19 @@
 
 ``--format h5``: one HDF5 file ``OUT`` with one group per input key (mirroring the input tree);
 each group holds ``embedding`` (and ``times_ms`` at frame level) and the index row as
-attributes; the file's attributes hold the settings. It is written as ``OUT.partial`` and renamed
-when the run ends.
+attributes; the file's attributes hold the settings. A run works on ``OUT.partial`` (a copy of
+an existing ``OUT``) and renames it onto ``OUT`` when it ends, so ``OUT`` is never modified in
+place: until a complete new file replaces it, it stays as it was, whatever happens to the run
+(an exception, a kill, another program holding ``OUT`` open). A failure never deletes ``OUT`` or
+a ``.partial`` holding results; an unreadable ``.partial`` left by a crash is set aside as
+``OUT.partial.unreadable-<time>`` (never deleted) and the run starts again from ``OUT``.
+
+One writer per output: a run holds an exclusive OS lock (``OUT/.lock``, or ``.OUT.lock`` next to
+an HDF5 file; released when the process ends, even if it is killed), so a second ``m3bert embed``
+into the same output stops at once with a ``DataError`` instead of interleaving rows.
+
+Keys are relative paths: they never start with ``/`` and never contain ``..``, so no output is
+written outside ``OUT`` (:func:`check_key`).
 
 Array shapes: clip level ``(D,)`` for one layer (``(2D,)`` with ``meanstd``), ``(n_layers, D)``
 for several; frame level ``(T, D)`` for one layer, ``(n_layers, T, D)`` for several.
@@ -28,17 +42,21 @@ refuses to mix settings or models in one output. :class:`EmbeddingsFolder` reads
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from m3bert.audio import find_audio_files
 from m3bert.core.errors import ConfigError, DataError
-from m3bert.core.io import atomic_save_npy, atomic_write_json, json_default, read_json
+from m3bert.core.io import atomic_path, atomic_save_npy, atomic_write_json, json_default, read_json
 from m3bert.core.version import __version__
 from m3bert.embed.embedder import parse_layers
 
@@ -56,16 +74,28 @@ SETTINGS_KEYS = ("model_id", "level", "layers", "pool", "dtype", "window_frames"
 # ---------------------------------------------------------------------------------------------
 
 
+def check_key(key: str) -> str:
+    """``key`` if it is a relative path inside the output (no leading ``/``, no empty, ``.`` or ``..``
+    part), else a ``DataError``: a key is where the output is written."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise DataError(f"output key {key!r} is not a relative path inside the output (expected parts "
+                        f"separated by '/', none of them empty, '.' or '..')")
+    return key
+
+
 def npy_path(root: str | os.PathLike, key: str) -> Path:
     """Where the npy folder ``root`` keeps the embedding of ``key``: ``root/<key>.npy``."""
-    return Path(root) / f"{key}.npy"
+    return Path(root) / f"{check_key(key)}.npy"
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]]:
     """``(source file, output key)`` pairs; the key mirrors the input tree.
 
     One folder: keys are paths relative to it. Several inputs: a folder's keys are prefixed with
-    its name, a file's key is its name. Colliding keys are a ``DataError``.
+    its name (``root`` for the file system's root), a file's key is its name. Keys are relative
+    (:func:`check_key`), whatever the inputs look like (absolute, ``..``, trailing ``/``).
+    Colliding keys are a ``DataError``.
     """
     if not inputs:
         raise ConfigError("no inputs given; expected audio files and/or folders")
@@ -76,13 +106,14 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[Path, str]
         if root.is_dir():
             for f in find_audio_files(root):
                 rel = f.relative_to(root).as_posix()
-                pairs.append((f, f"{root.resolve().name}/{rel}" if several else rel))
+                pairs.append((f, f"{root.resolve().name or 'root'}/{rel}" if several else rel))
         elif root.is_file():
             pairs.append((root, root.name))
         else:
             raise DataError(f"{root}: no such file or folder (expected audio files or folders)")
     seen: dict[str, Path] = {}
     for f, key in pairs:
+        check_key(key)
         if key in seen and seen[key].resolve() != f.resolve():
             raise DataError(f"inputs {seen[key]} and {f} would both be written as {key!r}; pass them separately")
         seen[key] = f
@@ -147,6 +178,29 @@ def index_row(settings: dict[str, Any], src: Path, key: str, output: Any, n_samp
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _exclusive(lock: Path, out: Path) -> Iterator[None]:
+    """One writer per output: an exclusive OS lock on ``lock`` (released even if the process is killed).
+
+    The same mechanism as the feature store's writer lock (``fcntl.flock``, non-blocking)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock, "a")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"{out}: another process is writing this output (it holds {lock}); wait for it to "
+                            "finish or use another --out") from None
+        yield
+    finally:
+        fh.close()
+
+
+def lock_path(out: Path, fmt: str) -> Path:
+    """The lock file of an output: ``OUT/.lock`` (npy folder) or ``.OUT.lock`` beside an HDF5 file."""
+    return out / ".lock" if fmt == "npy" else out.parent / f".{out.name}.lock"
+
+
 class NpyWriter:
     """One ``.npy`` per input + ``embed.json`` + append-only ``index.jsonl`` + ``summary.json``."""
 
@@ -197,7 +251,7 @@ class NpyWriter:
 
 
 class H5Writer:
-    """One HDF5 file, written as ``OUT.partial`` and renamed into place at the end."""
+    """One HDF5 file: the run writes ``OUT.partial`` (a copy of ``OUT``) and renames it onto ``OUT`` at the end."""
 
     def __init__(self, out: Path, settings: dict[str, Any]) -> None:
         import h5py  # optional dependency (m3bert[h5]): only --format h5 needs it
@@ -207,19 +261,42 @@ class H5Writer:
         out.parent.mkdir(parents=True, exist_ok=True)
         self.out = out
         self.partial = out.with_name(out.name + ".partial")
-        if out.is_file() and not self.partial.exists():
-            os.replace(out, self.partial)  # reopen a finished file to add new inputs
+        self.base = _stamp(out)  # the OUT this run adds to (None: none yet)
+        self.h5 = self._resume(h5py) if self.partial.exists() else None
+        if self.h5 is None:
+            if self.base is not None:
+                with _open_h5(h5py, out, "r") as existing:  # readable, same settings: before copying it
+                    _check_h5_settings(existing, settings, out)
+                with atomic_path(self.partial) as tmp:
+                    shutil.copyfile(out, tmp)
+            self.h5 = _open_h5(h5py, self.partial, "a")
+            self.h5.attrs["base_stamp"] = json.dumps(self.base)
         try:
-            self.h5 = h5py.File(self.partial, "a")
-        except OSError:
-            # a crash can leave an unreadable partial file: start it again
-            self.partial.unlink()
-            self.h5 = h5py.File(self.partial, "a")
-        existing = self.h5.attrs.get("settings")
-        if existing is not None:
-            check_settings(json.loads(existing), settings, out)
-        else:
+            _check_h5_settings(self.h5, settings, out)
+        except BaseException:
+            self.h5.close()
+            raise
+        if self.h5.attrs.get("settings") is None:
             self.h5.attrs["settings"] = json.dumps(settings, default=json_default)
+
+    def _resume(self, h5py: Any) -> Any:
+        """The ``.partial`` of an interrupted run, if it is readable and was made from today's ``OUT``."""
+        try:
+            h5 = _open_h5(h5py, self.partial, "a")
+        except DataError:
+            if _busy(self.partial, h5py):
+                raise
+            aside = self.partial.with_name(f"{self.partial.name}.unreadable-{time.time_ns()}")
+            os.replace(self.partial, aside)  # kept, never deleted: it may hold results of the crashed run
+            warnings.warn(f"{self.partial}: unreadable (left by a crash?); moved to {aside} and starting again "
+                          f"from {self.out if self.base is not None else 'nothing'}", stacklevel=3)
+            return None
+        made_from = h5.attrs.get("base_stamp")  # (partials of older versions have none)
+        if made_from is not None and json.loads(made_from) != self.base:
+            h5.close()
+            raise DataError(f"{self.partial} is left from an interrupted run on another version of {self.out} "
+                            "(it changed since); move one of them away and rerun")
+        return h5
 
     def is_done(self, src: Path, key: str) -> bool:
         grp = self.h5.get(key)
@@ -244,11 +321,64 @@ class H5Writer:
         self.h5.flush()
 
     def close(self, failures: list[dict[str, str]]) -> None:
-        self.h5.attrs["failures"] = json.dumps(failures, default=json_default)
-        self.h5.close()
+        if self.h5 is None:
+            return
+        try:
+            self.h5.attrs["failures"] = json.dumps(failures, default=json_default)
+        finally:
+            self.h5.close()
+            self.h5 = None
 
     def finish(self, summary: dict[str, Any]) -> None:
+        if _stamp(self.out) != self.base:
+            raise DataError(f"{self.out} was changed by another program during this run; this run's results "
+                            f"are kept in {self.partial} (OUT left as it is now)")
         os.replace(self.partial, self.out)
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """Identity of a file's current contents (size, mtime, inode), or ``None`` if it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ino)]
+
+
+def _open_h5(h5py: Any, path: Path, mode: str) -> Any:
+    """``h5py.File(path, mode)``; failures as a ``DataError`` naming the file (open elsewhere, or unreadable)."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        if _busy_error(exc):
+            raise DataError(f"{path}: open in another program (HDF5 file lock: {_first_line(exc)}); close it "
+                            "and rerun") from None
+        raise DataError(f"{path}: not a readable HDF5 file ({_first_line(exc)}); it is left untouched: move it "
+                        "away or use another --out") from None
+
+
+def _busy(path: Path, h5py: Any) -> bool:
+    try:
+        h5py.File(path, "r").close()
+    except OSError as exc:
+        return _busy_error(exc)
+    return False
+
+
+def _busy_error(exc: OSError) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, BlockingIOError) or "lock" in text or "already open" in text
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_h5_settings(h5: Any, settings: dict[str, Any], out: Path) -> None:
+    existing = h5.attrs.get("settings")
+    if existing is not None:
+        check_settings(json.loads(existing), settings, out)
 
 
 def embed_files(
@@ -271,47 +401,56 @@ def embed_files(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r}; expected one of {FORMATS}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}; expected an integer >= 1 (encoder windows per forward pass)")
     pairs = collect_inputs(inputs)
     if not pairs:
         raise DataError(f"no audio files found in {[str(i) for i in inputs]}")
     settings = embedding_settings(embedder, level=level, layers=layers, pool=pool)
-    writer = NpyWriter(Path(out), settings) if fmt == "npy" else H5Writer(Path(out), settings)
-    t0 = time.perf_counter()
-    failures: list[dict[str, str]] = []
-    n_done = 0
-    audio_s = 0.0
-    try:
-        todo = [(src, key) for src, key in pairs if not writer.is_done(src, key)]
-        n_existing = len(pairs) - len(todo)
-        results = embedder.iter_embed([src for src, _ in todo], level=level, layers=layers, pool=pool,
-                                      batch_size=batch_size, progress=progress,
-                                      errors="raise" if strict else "skip")
-        for res in results:
-            src, key = todo[res.index]
-            if res.error is not None:
-                failures.append({"path": str(src), "error": res.error})
-                continue
-            row, arr, times = index_row(settings, src, key, res.output, res.n_samples, embedder.sample_rate)
-            writer.write(key, row, arr, times)
-            n_done += 1
-            audio_s += row["duration_s"]
-    finally:
-        writer.close(failures)
-    seconds = time.perf_counter() - t0
-    summary = {
-        "out": str(out),
-        "format": fmt,
-        "model_id": settings["model_id"],
-        "n_files": len(pairs),
-        "n_done": n_done,
-        "n_existing": n_existing,
-        "n_failed": len(failures),
-        "failures": failures,
-        "audio_seconds": round(audio_s, 3),
-        "seconds": round(seconds, 3),
-        "realtime_factor": round(audio_s / seconds, 2) if seconds > 0 and audio_s else None,
-    }
-    writer.finish(summary)
+    out = Path(out)
+    if fmt == "npy" and out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; --format npy writes a folder")
+    with _exclusive(lock_path(out, fmt), out):
+        writer = NpyWriter(out, settings) if fmt == "npy" else H5Writer(out, settings)
+        t0 = time.perf_counter()
+        failures: list[dict[str, str]] = []
+        n_done = 0
+        audio_s = 0.0
+        try:
+            todo = [(src, key) for src, key in pairs if not writer.is_done(src, key)]
+            n_existing = len(pairs) - len(todo)
+            results = embedder.iter_embed([src for src, _ in todo], level=level, layers=layers, pool=pool,
+                                          batch_size=batch_size, progress=progress,
+                                          errors="raise" if strict else "skip")
+            for res in results:
+                src, key = todo[res.index]
+                if res.error is not None:
+                    failures.append({"path": str(src), "error": res.error})
+                    continue
+                row, arr, times = index_row(settings, src, key, res.output, res.n_samples, embedder.sample_rate)
+                if not np.isfinite(arr).all():  # never written, whatever produced it
+                    failures.append({"path": str(src), "error": f"{src}: embedding contains NaN/inf; not written"})
+                    continue
+                writer.write(key, row, arr, times)
+                n_done += 1
+                audio_s += row["duration_s"]
+        finally:
+            writer.close(failures)
+        seconds = time.perf_counter() - t0
+        summary = {
+            "out": str(out),
+            "format": fmt,
+            "model_id": settings["model_id"],
+            "n_files": len(pairs),
+            "n_done": n_done,
+            "n_existing": n_existing,
+            "n_failed": len(failures),
+            "failures": failures,
+            "audio_seconds": round(audio_s, 3),
+            "seconds": round(seconds, 3),
+            "realtime_factor": round(audio_s / seconds, 2) if seconds > 0 and audio_s else None,
+        }
+        writer.finish(summary)
     return summary
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from m3bert.core.errors import ConfigError
 from m3bert.embed import load_model
 from m3bert.embed.folder import FORMATS, embed_files
 
@@ -30,17 +31,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="npy", dest="fmt", help="output format")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="encoder precision (bf16 = autocast)")
     p.add_argument("--batch-size", type=int, default=8, help="encoder windows per forward pass")
-    p.add_argument("--window-frames", type=int, default=None, help="encoder window (default: the model's context)")
-    p.add_argument("--hop-frames", type=int, default=None, help="hop between windows (default: window - window/6)")
-    p.add_argument("--device", default="cpu", help="torch device")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--window-frames", type=int, default=None,
+                   help="encoder window, >= 1 (default, when left out: the model's context)")
+    p.add_argument("--hop-frames", type=int, default=None,
+                   help="hop between windows, >= 1 (default, when left out: window - window/6)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads, >= 1 (default: torch's choice)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: expected an integer >= 1 (leave it out for torch's default)")
         torch.set_num_threads(int(args.threads))
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size}: expected an integer >= 1 (encoder windows per forward pass)")
     embedder = load_model(args.model, device=args.device, dtype=args.dtype, window_frames=args.window_frames,
                           hop_frames=args.hop_frames)
     summary = embed_files(args.inputs, args.out, embedder=embedder, level=args.level, layers=args.layers,
