@@ -15,16 +15,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import make_test_signal
+
 from m3bert.app.cli import main
 from m3bert.core.errors import AudioError, ConfigError, DataError
 from m3bert.embed import Embedder, load_model, window_owners, window_starts
-from m3bert.embed import stream
 from m3bert.embed.folder import collect_inputs, embed_files, npy_path
 from m3bert.embed.incremental import Pooling, WindowStream, seam
-from m3bert.embed.stream import BlockFeatures, CqtStream, StreamMismatch
-from m3bert.features import cqt, get_feature_set
+from m3bert.features import cqt, get_feature_set, stream
+from m3bert.features.stream import BlockFeatures, CqtStream, StreamMismatch
 from m3bert.models import create_model
 from m3bert.windows import pool_frames, stitch
 
@@ -81,7 +80,7 @@ def test_second_concurrent_embed_is_refused_and_results_survive(tiny, music, tmp
 
         def second_writer(i):
             if i == 0:
-                with pytest.raises(DataError, match="another process is writing this output") as e:
+                with pytest.raises(DataError, match="embeddings output .*another process is writing it") as e:
                     embed_files([music / "a.wav", music / "c.wav"], out, embedder=tiny, fmt=fmt, progress=False)
                 errors.append(str(e.value))
 
@@ -439,3 +438,19 @@ def test_hear_refuses_zero_settings():
     for kw in ({"window_frames": 0}, {"hop_frames": 0}, {"batch_size": 0}, {"device": "bogus"}):
         with pytest.raises(ConfigError):
             hear.load_model("random:m2bert-tiny:1", **kw)
+
+
+def test_seed_cmvn_models_embed(tmp_path):
+    """A model trained on cmvn='seed' features (the seed code's per-frame mean removal) embeds."""
+    from m3bert.embed import Embedder
+    from m3bert.features import get_feature_set
+    from m3bert.models import create_model
+
+    fs = get_feature_set("m3bert324", cmvn="seed")
+    enc = create_model("m2bert-tiny", seed=0)
+    enc.feature_config = fs.to_dict()
+    x = np.random.default_rng(0).standard_normal(44100 * 3).astype(np.float32) * 0.1
+    emb = Embedder(enc).embed(x, sample_rate=44100)
+    feats = fs.extract(x, sample_rate=44100)
+    assert emb.shape == (64,) and np.all(np.isfinite(emb))
+    np.testing.assert_allclose(feats.mean(axis=1), 0.0, atol=1e-4)  # each frame's channels have mean 0

@@ -7,6 +7,7 @@ renamed into place, so a crash never leaves a half-written file under the final 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.metadata as md
 import json
@@ -20,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from m3bert.core.errors import CheckpointError, JSONFileError
+from m3bert.core.errors import CheckpointError, DataError, JSONFileError
 
 
 def _umask() -> int:
@@ -256,3 +257,25 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock: str | os.PathLike, *, what: str) -> Iterator[None]:
+    """One writer at a time: a non-blocking exclusive OS lock (``fcntl.flock``) on the file ``lock``.
+
+    Released by the OS even if the process is killed, so a crash never leaves a stale lock. A
+    second writer gets a ``DataError`` naming ``what`` at once instead of corrupting it. Used by
+    the feature store and the embeddings folder.
+    """
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock, "a")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DataError(f"{what}: another process is writing it (it holds {lock}); wait for it to finish "
+                            "or use another --out") from None
+        yield
+    finally:
+        fh.close()

@@ -2,7 +2,7 @@
 
 Longer than 500 lines because the Embedder is one class whose steps share its state; its pure
 parts live in :mod:`m3bert.windows` (windows, stitching, pooling), :mod:`m3bert.models.hub`
-(model resolution and ids), :mod:`m3bert.embed.stream` (block features of long inputs) and
+(model resolution and ids), :mod:`m3bert.features.stream` (block features of long inputs) and
 :mod:`m3bert.embed.incremental` (the window rules applied as those blocks arrive).
 
 ``load_model(spec)`` turns a model directory, a run directory (best checkpoint, else last), a
@@ -17,7 +17,7 @@ Long audio
 The encoder has a fixed context (``max_frames``, 1294 frames = 30 s for the paper's models).
 Features are those of the whole file (one continuous STFT, so there are no edge effects at
 window borders); inputs longer than ``stream.STREAM_SECONDS`` (60 s) are decoded and featurised
-block by block with exactly the same numbers (:mod:`m3bert.embed.stream`), windowed, encoded,
+block by block with exactly the same numbers (:mod:`m3bert.features.stream`), windowed, encoded,
 stitched and pooled as the blocks arrive (:mod:`m3bert.embed.incremental`), so memory does not
 grow with the file's length. The encoder runs over windows of ``window_frames`` frames
 every ``hop_frames`` frames. All windows are full length (the last one is aligned to the end
@@ -78,8 +78,8 @@ from tqdm.auto import tqdm
 from m3bert.audio import resample, validate_waveform
 from m3bert.core.errors import AudioError, CheckpointError, ConfigError, M3bertError
 from m3bert.embed.incremental import Pooling, WindowStream, seam
-from m3bert.embed.stream import BlockFeatures, StreamMismatch, array_chunks, can_stream, open_file, stream_samples
 from m3bert.features.memo import FeatureMemo
+from m3bert.features.stream import BlockFeatures, StreamMismatch, array_chunks, can_stream, open_file, stream_samples
 from m3bert.models.hub import check_feature_set, load_encoder, model_id
 from m3bert.windows import POOLS, pool_frames, stitch, window_owners, window_starts
 
@@ -666,8 +666,10 @@ class Embedder:
 
 def _cmvn_mode(feature_set: Any) -> str:
     mode = getattr(getattr(feature_set, "config", None), "cmvn", "clip")
-    if mode not in ("clip", "corpus", "none"):
-        raise CheckpointError(f"feature set {feature_set.name!r}: cmvn={mode!r}; expected 'clip', 'corpus' or 'none'")
+    # "seed" (per-frame mean removal) and "corpus" / "none" do not depend on the window: they are
+    # applied while extracting; only "clip" statistics are per encoder window
+    if mode not in ("clip", "corpus", "none", "seed"):
+        raise CheckpointError(f"feature set {feature_set.name!r}: cmvn={mode!r}; expected 'clip', 'corpus', 'seed' or 'none'")
     return mode
 
 

@@ -42,21 +42,19 @@ refuses to mix settings or models in one output. :class:`EmbeddingsFolder` reads
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from m3bert.audio import find_audio_files
 from m3bert.core.errors import ConfigError, DataError
-from m3bert.core.io import atomic_path, atomic_save_npy, atomic_write_json, json_default, read_json
+from m3bert.core.io import atomic_path, atomic_save_npy, atomic_write_json, exclusive_lock, json_default, read_json
 from m3bert.core.version import __version__
 from m3bert.embed.embedder import parse_layers
 
@@ -176,24 +174,6 @@ def index_row(settings: dict[str, Any], src: Path, key: str, output: Any, n_samp
 # ---------------------------------------------------------------------------------------------
 # Writers
 # ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _exclusive(lock: Path, out: Path) -> Iterator[None]:
-    """One writer per output: an exclusive OS lock on ``lock`` (released even if the process is killed).
-
-    The same mechanism as the feature store's writer lock (``fcntl.flock``, non-blocking)."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(lock, "a")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"{out}: another process is writing this output (it holds {lock}); wait for it to "
-                            "finish or use another --out") from None
-        yield
-    finally:
-        fh.close()
 
 
 def lock_path(out: Path, fmt: str) -> Path:
@@ -410,7 +390,7 @@ def embed_files(
     out = Path(out)
     if fmt == "npy" and out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; --format npy writes a folder")
-    with _exclusive(lock_path(out, fmt), out):
+    with exclusive_lock(lock_path(out, fmt), what=f"embeddings output {out}"):
         writer = NpyWriter(out, settings) if fmt == "npy" else H5Writer(out, settings)
         t0 = time.perf_counter()
         failures: list[dict[str, str]] = []

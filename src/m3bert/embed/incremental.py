@@ -1,6 +1,6 @@
 """The long-input rules of :mod:`m3bert.windows` applied as frames arrive: bounded memory, same numbers.
 
-A streamed input (:class:`m3bert.embed.stream.BlockFeatures`) arrives as blocks of frames whose
+A streamed input (:class:`m3bert.features.stream.BlockFeatures`) arrives as blocks of frames whose
 total is known only at the end. :class:`WindowStream` cuts them into exactly the windows of
 :func:`~m3bert.windows.window_starts` (full-length windows every ``hop`` frames, the last one
 aligned to the end) while holding about one window of frames; :func:`seam` is where

@@ -52,7 +52,6 @@ one unsharded store.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import math
 import os
@@ -70,7 +69,7 @@ from tqdm import tqdm
 
 from m3bert.audio import AUDIO_EXTENSIONS, AudioChunks, find_audio_files
 from m3bert.core.errors import AudioError, ConfigError, DataError, M3bertError
-from m3bert.core.io import atomic_path, atomic_write_json, file_sha1, read_json, versions
+from m3bert.core.io import atomic_path, atomic_write_json, exclusive_lock, file_sha1, read_json, versions
 from m3bert.features.normalize import CmvnAccumulator
 from m3bert.features.pool import run_tasks
 from m3bert.features.spec import feature_set_from_dict
@@ -292,21 +291,6 @@ def _check_header(path: Path, have: dict[str, Any], want: dict[str, Any]) -> Non
                         f"got --shard-index {want['shard_index']} --num-shards {want['num_shards']}")
 
 
-@contextlib.contextmanager
-def _exclusive(store: Path) -> Iterator[None]:
-    """One writer per store (an OS lock, released even if the process is killed)."""
-
-    fh = open(store / ".lock", "w")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"{store}: another process is writing this store; wait for it or use another --out")
-        yield
-    finally:
-        fh.close()
-
-
 def check_run_settings(*, feature_set: Any, workers: int, shard_index: int, num_shards: int, max_seconds: float,
                        files_per_shard: int) -> None:
     """Refuse settings that are invalid or would break every file, before anything is written.
@@ -366,7 +350,7 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
     shard_dir = store / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
 
-    with _exclusive(store):
+    with exclusive_lock(store / ".lock", what=f"feature store {store}"):
         _remove_debris(shard_dir)
         records = _load_records(shard_dir)
         old_rejects = _read_rejects(store)
