@@ -73,7 +73,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from m3bert.audio import resample, validate_waveform
 from m3bert.core.errors import AudioError, CheckpointError, ConfigError, M3bertError
@@ -395,7 +394,7 @@ class Embedder:
         bar = None
         if progress:
 
-            bar = tqdm(total=len(items), desc="embed", unit="file")
+            bar = progress(total=len(items), desc="embed", unit="file")
         run = (idx, squeeze, level, pool, int(batch_size), errors)
         try:
             pending: list[Prepared] = []
