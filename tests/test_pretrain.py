@@ -457,3 +457,37 @@ def test_resume_removes_what_a_killed_save_left(tmp_path, store):
     assert f".last.tmp-{dead}" not in left and f".last.old-{dead}" not in left
     assert mine.name in left and "last" in left
     assert "best" in left or f".best.old-{dead}" in left
+
+
+# -- issue 14: objective switch by override; crops unchanged by the targets plumbing ---------------------
+
+
+def test_objective_name_override_switches_to_that_objectives_settings():
+    """``--set objective.name=mert --set objective.targets=T`` on a reconstruction preset: the name
+    override is applied first, so the new objective's own keys can be set."""
+    cfg = tiny("objective.name=mert", "objective.targets=/some/targets", "objective.mixup.prob=0.25")
+    assert cfg.objective["name"] == "mert" and cfg.objective["targets"] == [str(Path("/some/targets").resolve())]
+    assert cfg.objective["mixup"]["prob"] == 0.25 and cfg.objective["cqt_weight"] == 1.0
+    assert tiny("objective.name=mert_acoustic").objective["cqt_weight"] == 0.0
+    same = tiny("objective.name=reconstruction", "objective.huber_delta=2")  # same name: YAML settings kept
+    assert same.objective["huber_delta"] == 2.0 and same.objective["loss"] == "huber"
+    with pytest.raises(ConfigError, match="unknown key"):
+        tiny("objective.name=mert", "objective.huber_delta=2")  # a reconstruction-only key
+    with pytest.raises(ConfigError, match="registered"):
+        tiny("objective.name=nope")
+    assert load_pretrain_config(TINY, overrides={"objective.name": "mert", "objective.targets": ["a"]}).objective["name"] == "mert"
+
+
+def test_crops_are_the_seeded_windows(store):
+    """The crop of sample k is frames[start : start + max_frames] with start drawn from
+    default_rng([seed, SAMPLE, k]) exactly as before targets were added (same numbers)."""
+    from m3bert.pretrain.data import SAMPLE
+
+    train, _ = split_by_group(store_groups(store), val_fraction=0.34, seed=0)
+    data = TrainBatches(store, train, seed=5, micro_batch=2, n_accum=1, max_frames=40)
+    batch = data.micro_batch_at(1, 0)
+    assert batch.targets is None
+    for row, (chunk, key) in enumerate(zip(batch.indices, batch.keys)):
+        full = store.get(chunk)
+        start = int(np.random.default_rng([5, SAMPLE, key[2]]).integers(0, full.shape[0] - 40 + 1))
+        assert torch.equal(batch.frames[row], torch.from_numpy(full[start : start + 40]))

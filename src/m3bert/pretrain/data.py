@@ -10,6 +10,10 @@ Every random choice here is a pure function of ``(seed, step, sample position)``
 So resuming at step ``s`` needs only ``s`` (no sampler state to save), and a sample's crop
 and mask do not depend on how the global batch is split across micro-batches and DDP ranks:
 two processes with micro-batch 4 see exactly what one process with 2 x 4 accumulation sees.
+
+Discrete targets (MERT / HuBERT): given ``targets`` (readers with ``get(i) -> (n_frames_i,)``
+class ids, :class:`m3bert.pretrain.targets.ClusterTargets`), every batch carries the ids of the
+very frames it cropped, ``Batch.targets`` ``(n_codebooks, batch, frames)`` int64, ``-1`` on padding.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Batch:
     lengths: torch.Tensor  # (batch,) int64 real frames per row
     keys: list[tuple[int, ...]]  # per-row seed key, e.g. (seed, SAMPLE, k): a pure function of the sample
     indices: list[int]  # store chunk index of every row
+    targets: torch.Tensor | None = None  # (n_codebooks, batch, frames) int64 class ids of the cropped frames; -1 = padding
 
     @property
     def n_real_frames(self) -> int:
@@ -44,7 +49,8 @@ class Batch:
         return np.random.default_rng([*self.keys[row], MASK, int(stream)])
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.frames.to(device, non_blocking=True), self.lengths.to(device), self.keys, self.indices)
+        return Batch(self.frames.to(device, non_blocking=True), self.lengths.to(device), self.keys, self.indices,
+                     None if self.targets is None else self.targets.to(device))
 
 
 def store_groups(store: Any) -> list[list[int]]:
@@ -87,13 +93,44 @@ def split_by_group(
     return np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64)
 
 
+def crop_start(n_frames: int, *, max_frames: int, rng: np.random.Generator) -> int:
+    """First frame of a random window of at most ``max_frames`` of ``n_frames`` (0 when it all fits;
+    the generator is used only when there is a choice)."""
+    if n_frames <= max_frames:
+        return 0
+    return int(rng.integers(0, n_frames - max_frames + 1))
+
+
 def crop(frames: np.ndarray, *, max_frames: int, rng: np.random.Generator) -> np.ndarray:
     """A random window of at most ``max_frames`` frames: ``(n, C) -> (min(n, max_frames), C)``."""
-    n = frames.shape[0]
-    if n <= max_frames:
-        return frames
-    start = int(rng.integers(0, n - max_frames + 1))
+    start = crop_start(frames.shape[0], max_frames=max_frames, rng=rng)
     return frames[start : start + max_frames]
+
+
+def load_cropped(store: Any, targets: Sequence[Any], chunk: int, *, max_frames: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Chunk ``chunk`` of the store cropped to ``max_frames``, and the same frames' ids of each target set."""
+    frames = np.asarray(store.get(chunk), dtype=np.float32)
+    start = crop_start(frames.shape[0], max_frames=max_frames, rng=rng)
+    ids = []
+    for t in targets:
+        full = t.get(chunk)
+        if full.shape[0] != frames.shape[0]:
+            raise DataError(f"targets {getattr(t, 'path', t)}: chunk {chunk} has {full.shape[0]} class ids for "
+                            f"{frames.shape[0]} store frames; rebuild the targets for this store")
+        ids.append(full[start : start + max_frames])
+    return frames[start : start + max_frames], ids
+
+
+def collate_targets(ids: Sequence[Sequence[np.ndarray]], n_frames: int) -> torch.Tensor | None:
+    """``ids[row][codebook]`` -> ``(n_codebooks, batch, n_frames)`` int64, ``-1`` after each row's length."""
+    if not ids or not ids[0]:
+        return None
+    out = np.full((len(ids[0]), len(ids), n_frames), -1, dtype=np.int64)
+    for b, row in enumerate(ids):
+        for c, x in enumerate(row):
+            out[c, b, : x.shape[0]] = x
+    return torch.from_numpy(out)
 
 
 def collate(chunks: Sequence[np.ndarray], *, where: str = "batch") -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,12 +162,14 @@ class TrainBatches:
         n_accum: int,
         world_size: int = 1,
         max_frames: int,
+        targets: Sequence[Any] = (),
     ) -> None:
         if len(indices) == 0:
             raise DataError("no training chunks left after holding out validation songs")
         self.store, self.indices, self.seed = store, np.asarray(indices, dtype=np.int64), int(seed)
         self.micro_batch, self.n_accum, self.world_size = int(micro_batch), int(n_accum), int(world_size)
         self.max_frames = int(max_frames)
+        self.targets = list(targets)
         self._perm_cache: dict[int, np.ndarray] = {}
 
     @property
@@ -148,31 +187,35 @@ class TrainBatches:
         return range(base, base + self.micro_batch)
 
     def micro_batch_at(self, step: int, micro: int, rank: int = 0) -> Batch:
-        chunks, keys, idx = [], [], []
+        chunks, keys, idx, ids = [], [], [], []
         n = len(self.indices)
         for k in self.sample_positions(step, micro, rank):
             chunk = int(self.indices[self._permutation(k // n)[k % n]])
             key = (self.seed, SAMPLE, k)
-            rng = np.random.default_rng(list(key))
-            chunks.append(crop(np.asarray(self.store.get(chunk), dtype=np.float32), max_frames=self.max_frames, rng=rng))
+            frames, row_ids = load_cropped(self.store, self.targets, chunk, max_frames=self.max_frames,
+                                           rng=np.random.default_rng(list(key)))
+            chunks.append(frames)
+            ids.append(row_ids)
             keys.append(key)
             idx.append(chunk)
         frames, lengths = collate(chunks, where=f"training step {step}")
-        return Batch(frames, lengths, keys, idx)
+        return Batch(frames, lengths, keys, idx, collate_targets(ids, frames.shape[1]))
 
 
 def validation_batches(
-    store: Any, indices: Iterable[int], *, seed: int, batch_size: int, max_frames: int, rank: int = 0, world_size: int = 1
+    store: Any, indices: Iterable[int], *, seed: int, batch_size: int, max_frames: int, rank: int = 0, world_size: int = 1,
+    targets: Sequence[Any] = (),
 ) -> Iterable[Batch]:
     """Fixed validation batches (same crops and masks at every evaluation); rank ``r`` gets every
     ``world_size``-th chunk so ranks can split the work and sum their results."""
     mine = [int(i) for j, i in enumerate(indices) if j % world_size == rank]
     for start in range(0, len(mine), batch_size):
-        chunks, keys = [], []
+        chunks, keys, ids = [], [], []
         for i in mine[start : start + batch_size]:
             key = (seed, VALID, i)
-            chunks.append(crop(np.asarray(store.get(i), dtype=np.float32), max_frames=max_frames,
-                               rng=np.random.default_rng(list(key))))
+            frames, row_ids = load_cropped(store, targets, i, max_frames=max_frames, rng=np.random.default_rng(list(key)))
+            chunks.append(frames)
+            ids.append(row_ids)
             keys.append(key)
         frames, lengths = collate(chunks, where="validation")
-        yield Batch(frames, lengths, keys, mine[start : start + batch_size])
+        yield Batch(frames, lengths, keys, mine[start : start + batch_size], collate_targets(ids, frames.shape[1]))

@@ -1,4 +1,5 @@
-"""M2BERT pre-training: masked reconstruction over a feature store, with exact resume and DDP.
+"""Pre-training over a feature store (M2BERT masked reconstruction, MERT masked prediction, any
+registered objective), with exact resume and DDP.
 
     cfg = load_pretrain_config("configs/m2bert-small.yaml", overrides=["optim.lr=1e-4"])
     summary = pretrain(cfg, store="STORE", out="RUN")
@@ -28,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from m3bert.core.config import Overrides, bounded, load_config
+from m3bert.core.config import Overrides, apply_overrides, bounded, from_dict, load_config, load_yaml, parse_override, to_dict
 from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_write_json, atomic_write_text, config_hash, read_json, versions
 from m3bert.features.store import FeatureStore
@@ -46,6 +47,7 @@ from m3bert.models.hub import weights_digest
 from m3bert.pretrain.data import TrainBatches, split_by_group, store_groups, validation_batches
 from m3bert.pretrain.masking import MaskingConfig
 from m3bert.pretrain.objectives import Objective, create_objective, objective_config
+from m3bert.pretrain.targets import open_targets
 from m3bert.train.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
 from m3bert.train.optim import OptimConfig, check_finite_step, make_adam
 from m3bert.train.run import MetricsLog
@@ -128,8 +130,39 @@ class PretrainConfig:
 
 
 def load_pretrain_config(path: str | Path | None = None, *, overrides: Overrides = None) -> PretrainConfig:
-    """YAML preset (or defaults) + dotted overrides -> ``PretrainConfig`` (``m3bert.core.config.load_config``)."""
-    return load_config(PretrainConfig, path, overrides)
+    """YAML preset (or defaults) + dotted overrides -> ``PretrainConfig`` (``m3bert.core.config.load_config``).
+
+    An ``objective.name=NAME`` override switches the objective first (to NAME's defaults), so the
+    other ``objective.*`` overrides may name NAME's own settings: ``--set objective.name=mert
+    --set objective.targets=TARGETS`` on top of a reconstruction preset.
+    """
+    name, rest = _objective_name_override(overrides)
+    if name is None:
+        return load_config(PretrainConfig, path, overrides)
+    where = str(path) if path is not None else PretrainConfig.__name__
+    data = to_dict(from_dict(PretrainConfig, load_yaml(path) if path is not None else {}, where=where))
+    if data["objective"].get("name") != name:
+        data["objective"] = {"name": name}
+    data = to_dict(from_dict(PretrainConfig, data, where=where))
+    return from_dict(PretrainConfig, apply_overrides(data, rest), where=where)
+
+
+def _objective_name_override(overrides: Overrides) -> tuple[Any, Overrides]:
+    """``(value of the last objective.name override or None, the other overrides)``."""
+    if overrides is None:
+        return None, overrides
+    if isinstance(overrides, Mapping):
+        items = [(str(k).strip(), v) for k, v in overrides.items()]
+        names = [v for k, v in items if k == "objective.name"]
+        return (names[-1] if names else None), {k: v for k, v in items if k != "objective.name"}
+    names, rest = [], []
+    for text in overrides:
+        parts, value = parse_override(text)
+        if parts == ["objective", "name"]:
+            names.append(value)
+        else:
+            rest.append(text)
+    return (names[-1] if names else None), rest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,12 +247,14 @@ def store_location(store: Any) -> Any:
 
 
 def validate(module: PretrainModule, store: Any, indices: np.ndarray, cfg: PretrainConfig, *, dist: Dist,
-             autocast: Any) -> dict[str, float]:
-    """Held-out loss per masking policy (fixed crops and masks), summed over ranks."""
+             autocast: Any, targets: Sequence[Any] = ()) -> dict[str, float]:
+    """The objective's held-out numbers (fixed crops and masks: losses per masking policy, masked
+    prediction accuracies, ...), summed over ranks."""
     module.eval()
     sums: dict[str, list[float]] = {}
     batches = validation_batches(store, indices, seed=cfg.seed, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
-                                 max_frames=cfg.data.max_frames, rank=dist.rank, world_size=dist.world_size)
+                                 max_frames=cfg.data.max_frames, rank=dist.rank, world_size=dist.world_size,
+                                 targets=targets)
     with torch.no_grad(), autocast():
         for batch in batches:
             for name, (total, count) in module.objective.evaluate(module.encoder, batch).items():
@@ -314,8 +349,9 @@ def pretrain(
         if cfg.data.val_max_chunks and len(val_idx) > cfg.data.val_max_chunks:
             pick = np.random.default_rng([cfg.seed, 0x7A12]).choice(len(val_idx), cfg.data.val_max_chunks, replace=False)
             val_idx = np.sort(val_idx[pick])
+        targets = open_targets(cfg.objective.get("targets") or [], store=store)  # discrete targets (mert)
         data = TrainBatches(store, train_idx, seed=cfg.seed, micro_batch=cfg.data.batch_size, n_accum=n_accum,
-                            world_size=dist.world_size, max_frames=cfg.data.max_frames)
+                            world_size=dist.world_size, max_frames=cfg.data.max_frames, targets=targets)
         resolved = cfg.to_dict()
 
         # -- model, objective, optimizer ---------------------------------------------------------
@@ -333,6 +369,10 @@ def pretrain(
                 raise CheckpointError(f"{run_json}: the run was trained on feature set "
                                       f"{(record.get('feature_set') or {}).get('name')!r} with other settings or "
                                       f"statistics than the store's {feature_set.to_dict().get('name')!r}; refusing to mix them")
+            if [t.describe() for t in targets] != (record.get("targets") or []):
+                raise CheckpointError(f"{run_json}: the run was trained on other targets "
+                                      f"({[t.get('codebook_sha1') for t in record.get('targets') or []]}) than "
+                                      f"{[t.record['codebook_sha1'] for t in targets]}; refusing to mix them")
             if recover_checkpoint(last_dir) is None:
                 raise CheckpointError(f"{out}: no checkpoints/last to resume from")
             state = load_checkpoint(last_dir, model=encoder, modules={"head": objective}, optimizer=optimizer,
@@ -344,6 +384,7 @@ def pretrain(
             atomic_write_json(run_json, {"kind": "pretrain", "config": resolved, "seed": cfg.seed,
                                          "versions": versions(), "feature_set": feature_set.to_dict(),
                                          "store": store_location(store), "world_size": dist.world_size,
+                                         "targets": [t.describe() for t in targets],
                                          "n_parameters": {"encoder": encoder.num_parameters(),
                                                           "objective": sum(p.numel() for p in objective.parameters())},
                                          "n_chunks": {"train": len(train_idx), "val": len(val_idx)}})
@@ -410,8 +451,8 @@ def pretrain(
                            "frames_per_s": rate, "epoch": done * data.global_batch / len(train_idx),
                            "time": time.time()})
             if (done % cfg.train.eval_every == 0 or done == total) and len(val_idx):
-                last_val = validate(module, store, val_idx, cfg, dist=dist, autocast=autocast)
-                key = f"val/loss[{'+'.join(cfg.masking.policies)}]"
+                last_val = validate(module, store, val_idx, cfg, dist=dist, autocast=autocast, targets=targets)
+                key = f"val/{module.objective.selection_key()}"
                 log.append({"step": done, **last_val})
                 if best["value"] is None or last_val[key] < best["value"]:
                     best = {"value": last_val[key], "step": done, "metric": key}
