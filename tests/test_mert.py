@@ -419,9 +419,10 @@ def test_cli_targets_pretrain_export_embed(tmp_path, store_dir):
                  "--sample-frames", "500", "--no-progress"]) == 0
     assert json.loads((t / "targets.json").read_text())["label"] == "mel-k10"
     run = tmp_path / "run"
-    args = ["pretrain", "--store", str(store_dir), "--config", str(TINY), "--no-progress", "--out", str(run)]
+    args = ["pretrain", "--store", str(store_dir), "--config", str(TINY), "--no-progress", "--out", str(run),
+            "--objective", "mert", "--targets", str(t)]
     for o in ["train.threads=1", "train.steps=4", "train.save_every=2", "train.eval_every=2", "data.max_frames=64",
-              "data.val_fraction=0.2", "objective.name=mert", f"objective.targets={t}", "masking.policies=[cfm]"]:
+              "data.val_fraction=0.2", "masking.policies=[cfm]"]:
         args += ["--set", o]
     assert main(args) == 0
     assert main(["pretrain", "--resume", str(run), "--no-progress"]) == 0  # finished: nothing left, still fine

@@ -14,7 +14,8 @@ import os
 from m3bert.core.errors import ConfigError
 from m3bert.pretrain.loop import load_pretrain_config, pretrain
 
-HELP = "pre-train an M2BERT encoder by masked reconstruction (CFM/CCM/PM, Huber), with resume and DDP"
+HELP = ("pre-train an encoder on a feature store: M2BERT masked reconstruction (CFM/CCM/PM, Huber) or MERT-style "
+        "masked cluster prediction (--objective mert --targets DIR); resume and DDP")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preset, e.g. configs/m2bert-small.yaml (default: built-in defaults = Small)")
     parser.add_argument("--out", default=None, metavar="RUN", help="run directory to create")
     parser.add_argument("--resume", default=None, metavar="RUN", help="continue the run in RUN exactly where it stopped")
+    parser.add_argument("--objective", default=None, metavar="NAME",
+                        help="registered objective: reconstruction (default, M2BERT), mert, mert_acoustic")
+    parser.add_argument("--targets", default=None, metavar="DIR",
+                        help="cluster targets from `m3bert targets` (for --objective mert / mert_acoustic)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="dotted config override, e.g. optim.lr=1e-4 (repeatable; on --resume only train.*)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -35,14 +40,16 @@ def run(args: argparse.Namespace) -> int:
     if args.store:
         store = args.store[0] if len(args.store) == 1 else list(args.store)
     if args.resume:
-        if args.out or args.config:
-            raise ConfigError("--resume RUN continues RUN with its own config; drop --out/--config")
+        if args.out or args.config or args.objective or args.targets:
+            raise ConfigError("--resume RUN continues RUN with its own config; drop --out/--config/--objective/--targets")
         summary = pretrain(None, store=store, out=args.resume, resume=True, progress=not args.no_progress,
                            resume_overrides=args.overrides)
     else:
         if not args.out or store is None:
             raise ConfigError("expected --store STORE and --out RUN (or --resume RUN)")
-        cfg = load_pretrain_config(args.config, overrides=args.overrides)
+        sugar = ([f"objective.name={args.objective}"] if args.objective else []) + \
+            ([f"objective.targets={args.targets}"] if args.targets else [])
+        cfg = load_pretrain_config(args.config, overrides=sugar + list(args.overrides))
         summary = pretrain(cfg, store=store, out=args.out, progress=not args.no_progress)
     if summary.get("world_size", 1) == 1 or _is_rank0():
         print(json.dumps(summary, indent=2))
