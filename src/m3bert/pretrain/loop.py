@@ -36,7 +36,6 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from m3bert.core.config import Overrides, apply_overrides, bounded, from_dict, load_config, load_yaml, parse_override, to_dict
 from m3bert.core.errors import CheckpointError, ConfigError
@@ -413,7 +412,7 @@ def pretrain(
         end = total if stop_after is None else min(total, start + int(stop_after))
         bar = None
         if progress and dist.is_main:
-            bar = tqdm(total=total, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
+            bar = progress(total=total, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
         module.train()
         t0, frames_done, last_val, rate = time.perf_counter(), 0, {}, 0.0
         window: list[dict[str, float]] = []
