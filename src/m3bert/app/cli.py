@@ -9,7 +9,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from m3bert.app.commands import bench, corpus, demo, embed, enrich, export, features, pretrain
+from m3bert.app.commands import bench, corpus, demo, embed, enrich, export, features, pretrain, targets
 from m3bert.core.errors import M3bertError
 from m3bert.core.version import __version__
 
@@ -18,6 +18,7 @@ COMMANDS: dict[str, ModuleType] = {
     "features": features,
     "corpus": corpus,
     "pretrain": pretrain,
+    "targets": targets,
     "enrich": enrich,
     "finetune": enrich,  # alias: the stage's earlier name
     "export": export,
