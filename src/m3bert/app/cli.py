@@ -9,7 +9,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from m3bert.app.commands import bench, corpus, demo, embed, enrich, export, features, pretrain, targets
+from m3bert.app.commands import bench, corpus, demo, embed, enrich, export, features, multisource, pretrain, targets
 from m3bert.core.errors import M3bertError
 from m3bert.core.version import __version__
 
@@ -21,6 +21,7 @@ COMMANDS: dict[str, ModuleType] = {
     "targets": targets,
     "enrich": enrich,
     "finetune": enrich,  # alias: the stage's earlier name
+    "multisource": multisource,
     "export": export,
     "embed": embed,
     "bench": bench,

@@ -25,6 +25,28 @@ from m3bert.train.schedule import ScheduleConfig
 from m3bert.train.weighting import WEIGHTINGS, WeightingConfig
 
 SCENARIOS = ("frozen", "finetune", "scratch")
+# Kim et al. 2020's representation strategies (m3bert.models.kim.STRATEGIES); "" = M3BERT enrichment
+MULTISOURCE_STRATEGIES = ("", "ss-r", "mss-cr", "ms-cr@2", "ms-cr@4", "ms-cr@6", "ms-sr@fc")
+SOURCE_CMVN = ("corpus", "model")
+
+
+@dataclass
+class MultiSourceConfig:
+    """Kim et al. (2020) multi-source representation learning (``m3bert multisource``); off when ``strategy`` is empty."""
+
+    strategy: str = ""  # "" (M3BERT enrichment) | ss-r | mss-cr | ms-cr@2 | ms-cr@4 | ms-cr@6 | ms-sr@fc
+    factors: int = bounded(50, ge=1)  # k: pLSA topics / GMM components per source (paper: 50)
+    factor_iter: int = bounded(400, ge=1)  # iterations of the pLSA (KL-NMF) and GMM fits
+    crop_frames: int = bounded(0, ge=0)  # frames of each random training crop; 0 = the model's max_frames (2.5 s)
+    cmvn: str = "corpus"  # "corpus": per-band mean/std of the training excerpts (paper) | "model": the feature set's own
+    shared_lr_divide: bool = False  # shared layers at lr / m, as the authors' released code (the paper states one lr)
+
+    def __post_init__(self) -> None:
+        self.strategy = str(self.strategy).lower()
+        if self.strategy not in MULTISOURCE_STRATEGIES:
+            raise ConfigError(f"multisource.strategy={self.strategy!r}; expected one of {list(MULTISOURCE_STRATEGIES)}")
+        if self.cmvn not in SOURCE_CMVN:
+            raise ConfigError(f"multisource.cmvn={self.cmvn!r}; expected one of {list(SOURCE_CMVN)}")
 
 
 @dataclass
@@ -50,6 +72,7 @@ class EnrichConfig:
     log_every: int = bounded(0, ge=0)  # also log a step line every this many steps; 0 = per epoch only
     seed: int = bounded(0, ge=0)  # seeds initialisation, sampling and dropout
     threads: int = bounded(0, ge=0)  # torch CPU threads; 0 = leave torch's default
+    multisource: MultiSourceConfig = field(default_factory=MultiSourceConfig)  # Kim et al. 2020 (off by default)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -58,6 +81,11 @@ class EnrichConfig:
         if self.scenario not in SCENARIOS:
             raise ConfigError(f"scenario={self.scenario!r}; expected one of {SCENARIOS}")
         parse_sampling(self.sampling)
+        if self.multisource.strategy and self.scenario != "scratch":
+            raise ConfigError(f"multisource.strategy={self.multisource.strategy!r} trains a representation network from "
+                              f"scratch (Kim et al. 2020); scenario={self.scenario!r}, expected 'scratch'")
+        if not self.multisource.strategy and parse_sampling(self.sampling)[0] == "algorithm1":
+            raise ConfigError("sampling='algorithm1' is Kim et al.'s multi-source schedule; set multisource.strategy")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; expected a positive integer")
@@ -88,9 +116,12 @@ def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
     """A config dict of the stage's earlier ``multitask`` form -> the current form (else unchanged).
 
     That form kept the finetune encoder's lr factor in ``optim.finetune_encoder_lr_scale`` and
-    always used the non-fused optimiser.
+    always used the non-fused optimiser. A config stored before the ``multisource`` section existed
+    gets its default (off), which is what such a run did.
     """
     data = copy.deepcopy(dict(data))
+    if "multisource" not in data and "scenario" in data:
+        data["multisource"] = dataclasses.asdict(MultiSourceConfig())
     optim = data.get("optim")
     if isinstance(optim, dict) and "finetune_encoder_lr_scale" in optim:
         data.setdefault("encoder_lr_scale", optim.pop("finetune_encoder_lr_scale"))

@@ -4,10 +4,13 @@ The M3BERT model itself is an :class:`~m3bert.models.encoder.Encoder` whose conf
 ``enrichment`` section (time-distributed dense layers); its last hidden state is the M3BERT
 representation. This module adds what only exists during multi-task enrichment:
 
-* one head per task on the *time-averaged* enrichment output (paper figs. 3, 4);
+* one head per task on the *time-averaged* enrichment output (paper figs. 3, 4), optionally on a
+  column ``slice`` of it (a Kim et al. multi-source model: each source reads its own branch);
 * the per-task losses — cross-entropy (multiclass), BCE (multilabel, honouring a
-  ``target_mask`` of known labels), MSE on train-standardised targets (regression) — each
-  computed only over the samples of a batch that carry that task's label.  A head is only
+  ``target_mask`` of known labels), MSE on train-standardised targets (regression),
+  KL(z || softmax) to a label-factor distribution ``z`` (``distribution``: Kim et al.'s learning
+  sources, :mod:`m3bert.enrich.factors`) — each computed only over the samples of a batch that
+  carry that task's label.  A head is only
   *called* on those rows, so samples without its label cannot send it gradient, and a head
   whose task is absent from a batch gets ``grad = None`` (the optimiser then skips it: no
   Adam momentum step, no weight decay);
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -33,7 +37,7 @@ from torch import nn
 from m3bert.core.config import bounded, from_dict
 from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_path, atomic_write_json, read_format_json
-from m3bert.models.encoder import load_state_checked
+from m3bert.models.base import load_state_checked
 from m3bert.train.weighting import LossWeighting, WeightingConfig, create_weighting
 
 HEADS_FORMAT = "m3bert-heads"
@@ -60,7 +64,7 @@ class TaskInfo:
     """Everything a checkpoint must remember about one task (JSON-serialisable)."""
 
     name: str  # registered task name, e.g. "builtin-dance"
-    label_type: str  # "multiclass" | "multilabel" | "regression"
+    label_type: str  # "multiclass" | "multilabel" | "regression" | "distribution" (label factors)
     classes: list[str]  # class / tag names, or target names for regression
     metrics: list[str] = field(default_factory=list)  # metric names, primary first
     target_mean: list[float] | None = None  # regression: per-target train mean (standardisation)
@@ -113,11 +117,39 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return F.mse_loss(pred, target)
 
 
+def distribution_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows of KL(z || softmax(logits)) = sum_j z_j (log z_j - log_softmax_j), 0 log 0 = 0.
+
+    ``logits, target (k, n_factors)``, each target row a distribution (Kim et al. sec. 2.3; for a
+    one-hot ``z`` this is the cross-entropy)."""
+    return (torch.xlogy(target, target) - target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 LOSS_FUNCTIONS: dict[str, LossFn] = {
     "multiclass": multiclass_loss,
     "multilabel": multilabel_loss,
     "regression": regression_loss,
+    "distribution": distribution_loss,
+}
+
+
+def mean_kl(z: np.ndarray, p: np.ndarray) -> float:
+    """Mean over rows of KL(z || p) in nats (``p`` probabilities, floored at 1e-12)."""
+    z, p = np.asarray(z, np.float64), np.clip(np.asarray(p, np.float64), 1e-12, None)
+    logz = np.log(np.where(z > 0, z, 1.0))
+    return float(np.mean(np.sum(z * (logz - np.log(p)), axis=-1)))
+
+
+def top1_agreement(z: np.ndarray, p: np.ndarray) -> float:
+    """Share of rows whose most probable factor is the target's."""
+    return float(np.mean(np.argmax(z, axis=-1) == np.argmax(p, axis=-1)))
+
+
+# metrics of ``distribution`` tasks: name -> (fn(z, probabilities), higher_is_better)
+DISTRIBUTION_METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], float], bool]] = {
+    "kl": (mean_kl, False),
+    "top1": (top1_agreement, True),
 }
 
 
@@ -148,15 +180,25 @@ class TaskHead(nn.Module):
 
 
 class MultiTaskHeads(nn.Module):
-    """One :class:`TaskHead` per task, keyed by task name."""
+    """One :class:`TaskHead` per task, keyed by task name.
 
-    def __init__(self, n_in: int, tasks: list[TaskInfo], cfg: HeadConfig) -> None:
+    ``slices`` (optional): ``{task: [start, stop]}``, the columns of the pooled representation a
+    task's head reads (each ``stop - start == n_in``); without it every head reads all ``n_in``.
+    """
+
+    def __init__(self, n_in: int, tasks: list[TaskInfo], cfg: HeadConfig,
+                 slices: dict[str, list[int]] | None = None) -> None:
         super().__init__()
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
             raise ConfigError(f"task names must be unique, got {names}")
+        if slices is not None:
+            bad = {k: v for k, v in slices.items() if k not in names or len(v) != 2 or int(v[1]) - int(v[0]) != n_in}
+            if bad or set(slices) != set(names):
+                raise ConfigError(f"head slices {slices} must give every task {names} a [start, stop) of width {n_in}")
         self.n_in = n_in
         self.cfg = cfg
+        self.slices = None if slices is None else {k: [int(v[0]), int(v[1])] for k, v in slices.items()}
         self.tasks = {t.name: t for t in tasks}
         self.heads = nn.ModuleDict({t.name: TaskHead(n_in, t.n_outputs, cfg) for t in tasks})
 
@@ -170,7 +212,15 @@ class MultiTaskHeads(nn.Module):
         ``pooled (B, D)``; ``rows[task] (k_task,)`` indices into the batch -> ``{task: (k_task, n_outputs)}``.
         Tasks with no rows are left out, so their heads are not in the graph at all.
         """
-        return {name: self.heads[name](pooled.index_select(0, idx)) for name, idx in rows.items() if idx.numel() > 0}
+        return {name: self.heads[name](self.input_of(name, pooled).index_select(0, idx))
+                for name, idx in rows.items() if idx.numel() > 0}
+
+    def input_of(self, name: str, pooled: torch.Tensor) -> torch.Tensor:
+        """The columns of ``pooled (B, D)`` task ``name``'s head reads."""
+        if self.slices is None:
+            return pooled
+        a, b = self.slices[name]
+        return pooled[:, a:b]
 
 
 def task_weighting(tasks: Sequence[TaskInfo], cfg: WeightingConfig) -> LossWeighting:
@@ -202,6 +252,7 @@ def heads_description(heads: MultiTaskHeads, weighting: LossWeighting) -> dict[s
         "weighting": dataclasses.asdict(weighting.cfg),
         "weighting_state": weighting.extra_state_json(),
         "tasks": [t.to_dict() for t in heads.tasks.values()],
+        **({"slices": heads.slices} if heads.slices is not None else {}),
     }
 
 
@@ -231,7 +282,10 @@ def load_heads(directory: str | Path) -> tuple[MultiTaskHeads, LossWeighting]:
         n_in = int(meta["n_in"])
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{cfg_path}: invalid heads description ({exc})") from exc
-    heads = MultiTaskHeads(n_in, tasks, head_cfg)
+    try:
+        heads = MultiTaskHeads(n_in, tasks, head_cfg, slices=meta.get("slices"))
+    except ConfigError as exc:
+        raise CheckpointError(f"{cfg_path}: invalid heads description ({exc})") from exc
     weighting = task_weighting(tasks, w_cfg)
     try:
         state = load_file(str(weights))

@@ -1,6 +1,6 @@
 """The enrich training loop: evaluation, checkpoints, the run directory, :func:`train_enrich`, the summary.
 
-Reading order: evaluation (:func:`evaluate`) -> checkpoints (:class:`TrainerState`) -> the run
+Reading order: evaluation (:func:`evaluate`, in :mod:`m3bert.enrich.scores`) -> checkpoints (:class:`TrainerState`) -> the run
 directory -> the loop (:func:`train_enrich`) -> the summary. The model itself (encoder +
 enrichment layer + heads, the optimiser's param groups) is built by :mod:`m3bert.enrich.model`.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from m3bert.core.config import from_dict
-from m3bert.core.errors import CheckpointError, ConfigError, DataError
+from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_write_json, read_json, versions
 from m3bert.enrich.config import EnrichConfig, upgrade_config_dict
 from m3bert.enrich.heads import (
@@ -45,14 +44,15 @@ from m3bert.enrich.heads import (
     TaskInfo,
     heads_description,
     load_heads,
-    task_loss,
     task_weighting,
 )
-from m3bert.enrich.model import batch_losses, build_modules, make_optimizer, represent, resolve_encoder, set_train_mode
+from m3bert.enrich.model import batch_losses, build_modules, make_optimizer, resolve_encoder, set_train_mode
+from m3bert.enrich.multisource import prepare_multisource_data, strategy_record
+from m3bert.enrich.multisource import steps_per_epoch as plan_steps
 from m3bert.enrich.samples import PreparedData, collate, prepare_data
-from m3bert.enrich.sampling import epoch_draws, label_shares, parse_sampling, sampling_probs
-from m3bert.models.encoder import Encoder
-from m3bert.tasks.metrics import compute_metric, get_metric
+from m3bert.enrich.sampling import epoch_batches, epoch_draws, label_shares, parse_sampling, sampling_probs
+from m3bert.enrich.scores import aggregate_score, evaluate, finite_or_none, task_scores  # noqa: F401  (re-exported)
+from m3bert.models.base import ModelBase, load_model_dir
 from m3bert.train import checkpoint as ckpt
 from m3bert.train.optim import check_finite_step
 from m3bert.train.run import RUN_FILE, MetricsLog, init_run_dir
@@ -62,86 +62,6 @@ from m3bert.train.weighting import LossWeighting
 RUN_KIND = "enrich"
 LEGACY_RUN_KIND = "multitask"  # the stage's earlier name; such runs are upgraded and resumed
 RUN_COMPARE = ("config", "model", "task_specs", "grid")  # what must match to continue an existing run
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate(
-    model: Encoder, heads: MultiTaskHeads, data: PreparedData, indices: Sequence[int], *, batch_size: int
-) -> dict[str, dict[str, Any]]:
-    """Per task: loss over all its labelled samples in ``indices`` and its metrics (by name)."""
-    was = (model.training, heads.training)
-    model.eval()
-    heads.eval()
-    outs: dict[str, list[torch.Tensor]] = {t: [] for t in heads.task_names}
-    tgts: dict[str, list[torch.Tensor]] = {t: [] for t in heads.task_names}
-    msks: dict[str, list[torch.Tensor | None]] = {t: [] for t in heads.task_names}
-    for b0 in range(0, len(indices), batch_size):
-        batch = collate(data, indices[b0:b0 + batch_size], list(heads.tasks.values()))
-        pooled = represent(model, batch, input_kind=data.input_kind)
-        for t, out in heads(pooled, batch.rows).items():
-            outs[t].append(out)
-            tgts[t].append(batch.targets[t])
-            m = batch.masks[t]
-            msks[t].append(m if m is not None else (torch.ones_like(out) if heads.tasks[t].label_type == "multilabel" else None))
-    model.train(was[0])
-    heads.train(was[1])
-    results: dict[str, dict[str, Any]] = {}
-    for t, info in heads.tasks.items():
-        if not outs[t]:
-            continue
-        out, tgt = torch.cat(outs[t]), torch.cat(tgts[t])
-        mask = torch.cat(msks[t]) if info.label_type == "multilabel" else None
-        res: dict[str, Any] = {"n": int(out.shape[0]), "loss": float(task_loss(info.label_type, out, tgt, mask))}
-        res.update(task_scores(info, out, tgt, mask))
-        results[t] = res
-    return results
-
-
-def task_scores(info: TaskInfo, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> dict[str, float]:
-    """Metrics by name (:mod:`m3bert.tasks.metrics`) on probabilities / de-standardised values.
-
-    A metric undefined on this split (e.g. ROC-AUC with one class in every column) is NaN,
-    recorded as such, and left out of the aggregate.
-    """
-    if info.label_type == "multiclass":
-        y_true, y_pred = target.numpy(), torch.softmax(output, dim=-1).numpy()
-    elif info.label_type == "multilabel":
-        y_true, y_pred = target.numpy(), torch.sigmoid(output).numpy()
-    else:
-        mean, std = np.asarray(info.target_mean, np.float32), np.asarray(info.target_std, np.float32)
-        y_true, y_pred = target.numpy() * std + mean, output.numpy() * std + mean
-    m = None if mask is None else mask.numpy()
-    scores = {}
-    with warnings.catch_warnings():
-        # tiny validation splits often leave a tag column single-class; the metric drops it and
-        # would warn every epoch
-        warnings.simplefilter("ignore", UserWarning)
-        for name in info.metrics:
-            try:
-                scores[name] = float(compute_metric(name, y_true, y_pred, label_type=info.label_type,
-                                                    classes=info.classes, target_mask=m))
-            except DataError:
-                scores[name] = float("nan")
-    return scores
-
-
-def aggregate_score(results: dict[str, dict[str, Any]], tasks: Sequence[TaskInfo]) -> float:
-    """Mean over tasks of the primary metric (``Task.metrics[0]``), oriented so higher is better."""
-    vals = []
-    for t in tasks:
-        v = results.get(t.name, {}).get(t.metrics[0], float("nan"))
-        if math.isfinite(v):
-            vals.append(v if get_metric(t.metrics[0]).higher_is_better else -v)
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +89,7 @@ class TrainerState:
 
 
 def save_checkpoint(
-    directory: Path, *, model: Encoder, heads: MultiTaskHeads, weighting: LossWeighting,
+    directory: Path, *, model: ModelBase, heads: MultiTaskHeads, weighting: LossWeighting,
     optimizer: torch.optim.Optimizer, state: TrainerState, extra: dict[str, Any]
 ) -> None:
     """Model directory + ``heads.safetensors`` + optimiser/RNG/state (exact resume) + ``heads.json``.
@@ -185,7 +105,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    directory: Path, *, model: Encoder, heads: MultiTaskHeads, weighting: LossWeighting, optimizer: torch.optim.Optimizer
+    directory: Path, *, model: ModelBase, heads: MultiTaskHeads, weighting: LossWeighting, optimizer: torch.optim.Optimizer
 ) -> TrainerState:
     """Restore weights, heads, loss weights, optimiser and RNG; return the loop state."""
     raw = ckpt.load_checkpoint(directory, model=model, modules={"heads": HeadsBundle(heads, weighting)},
@@ -222,6 +142,10 @@ def open_run_dir(out: Path, record: dict[str, Any]) -> bool:
             upgraded = {**old, "kind": RUN_KIND, "config": upgrade_config_dict(old["config"]),
                         "upgraded_from": LEGACY_RUN_KIND}
             atomic_write_json(run_json, upgraded)
+        elif (isinstance(old, dict) and old.get("kind") == RUN_KIND and isinstance(old.get("config"), dict)
+              and upgrade_config_dict(old["config"]) != old["config"]):
+            # stored before a config section existed: the section's defaults are what that run did
+            atomic_write_json(run_json, {**old, "config": upgrade_config_dict(old["config"])})
     return init_run_dir(out, record, kinds=(RUN_KIND, LEGACY_RUN_KIND), compare=RUN_COMPARE)
 
 
@@ -239,7 +163,7 @@ def run_record(config: EnrichConfig, source: str, data: PreparedData, **more: An
 def train_enrich(
     config: EnrichConfig,
     *,
-    model: str | Path | Encoder,
+    model: str | Path | ModelBase,
     tasks: Sequence[Any] | None = None,
     out: str | Path,
     data: PreparedData | None = None,
@@ -270,21 +194,26 @@ def _new_acc(tasks: Sequence[TaskInfo]) -> dict[str, Any]:
     return {"loss_sum": dict(z), "loss_n": dict(z), "weight_sum": dict(z), "total_sum": 0.0, "steps": 0}
 
 
-def _train(config: EnrichConfig, *, model: str | Path | Encoder, tasks: Sequence[Any] | None, out: Path,
+def _train(config: EnrichConfig, *, model: str | Path | ModelBase, tasks: Sequence[Any] | None, out: Path,
            data: PreparedData | None, cache_dir: str | Path | None, progress: bool,
            stop_after_steps: int | None) -> dict[str, Any]:
     # -- inputs, run directory ----------------------------------------------------------------
     base, source = resolve_encoder(model)
+    multisource = bool(config.multisource.strategy)
     if data is None:
         if tasks is None:
             raise ConfigError("train_enrich: pass tasks= (specs or TaskData) or data=")
-        data = prepare_data(tasks, base, scenario=config.scenario, cache_dir=Path(cache_dir or out / "cache"),
-                            progress=progress)
-    elif data.input_kind != ("hidden" if config.scenario == "frozen" else "windows"):
+        cache = Path(cache_dir or out / "cache")
+        if multisource:  # Kim et al.: sources -> label factors, raw frames cropped per step
+            data = prepare_multisource_data(tasks, base, config, cache_dir=cache, progress=progress)
+        else:
+            data = prepare_data(tasks, base, scenario=config.scenario, cache_dir=cache, progress=progress)
+    elif data.input_kind != ("frames" if multisource else "hidden" if config.scenario == "frozen" else "windows"):
         raise ConfigError(f"prepared data holds {data.input_kind!r} inputs, not those of scenario {config.scenario!r}")
     tasks_info = data.tasks
+    more = {"multisource": strategy_record(config, tasks_info), "factors": data.factors} if multisource else {}
     record = run_record(
-        config, source, data,
+        config, source, data, **more,
         n_samples={s: len(data.split(s)) for s in ("train", "valid", "test")},
         n_labelled={t.name: {s: int(sum(t.name in data.samples[i].labels for i in data.split(s)))
                              for s in ("train", "valid", "test")} for t in tasks_info},
@@ -301,8 +230,8 @@ def _train(config: EnrichConfig, *, model: str | Path | Encoder, tasks: Sequence
     has_label = data.has_label(list(range(len(data.samples))))
     pools = {t.name: np.array([j for j, i in enumerate(train_idx) if t.name in data.samples[i].labels], np.int64)
              for t in tasks_info}
-    n_draws = config.samples_per_epoch or len(train_idx)
-    steps_per_epoch = -(-n_draws // config.batch_size)
+    steps_per_epoch = plan_steps(config, len(train_idx), len(tasks_info))  # Algorithm 1: L = l x m
+    n_draws = config.samples_per_epoch or (steps_per_epoch * config.batch_size if scheme_is_a1(config) else len(train_idx))
     total_steps = config.epochs * steps_per_epoch
     scheme = parse_sampling(config.sampling)[0]
     reweight = config.weighting.name == "reweight"
@@ -318,7 +247,7 @@ def _train(config: EnrichConfig, *, model: str | Path | Encoder, tasks: Sequence
         cfg = config
         if phase == "calibrate":
             cfg = dataclasses.replace(config, weighting=dataclasses.replace(config.weighting, name="equal"))
-        m, h, w = build_modules(base, tasks_info, cfg)
+        m, h, w = build_modules(base, tasks_info, cfg, data=data)
         return m, h, w, make_optimizer(m, h, w, config)
 
     def checkpoint(directory: Path, extra_info: dict[str, Any] | None = None) -> None:
@@ -363,7 +292,11 @@ def _train(config: EnrichConfig, *, model: str | Path | Encoder, tasks: Sequence
         epochs_in_phase = config.weighting.reweight_epochs if state.phase == "calibrate" else config.epochs
         epoch = state.epoch
         # the epoch's draws depend only on (seed, epoch): a restarted run replays the same order
-        draws = epoch_draws(pools, len(train_idx), config.sampling, n_draws=n_draws, seed=config.seed, epoch=epoch)
+        batch_task: list[str] | None = None
+        if scheme_is_a1(config):  # Algorithm 1: one source per batch
+            draws, batch_task = epoch_batches(pools, steps_per_epoch, config.batch_size, seed=config.seed, epoch=epoch)
+        else:
+            draws = epoch_draws(pools, len(train_idx), config.sampling, n_draws=n_draws, seed=config.seed, epoch=epoch)
         sample_ids = np.asarray(train_idx, np.int64)[draws]
         if not state.acc:
             state.acc = _new_acc(tasks_info)
@@ -373,7 +306,8 @@ def _train(config: EnrichConfig, *, model: str | Path | Encoder, tasks: Sequence
                    desc=f"{state.phase} epoch {epoch + 1}/{epochs_in_phase}", unit="step")
         while state.step_in_epoch < steps_per_epoch:
             b = state.step_in_epoch
-            batch = collate(data, sample_ids[b * config.batch_size:(b + 1) * config.batch_size].tolist(), tasks_info)
+            batch = collate(data, sample_ids[b * config.batch_size:(b + 1) * config.batch_size].tolist(), tasks_info,
+                            crop_seed=(config.seed, epoch, b, 13), only_task=batch_task[b] if batch_task else None)
             losses = batch_losses(net, heads, batch, input_kind=data.input_kind)
             total, used = weighting.combine(losses)
             opt.zero_grad(set_to_none=True)  # absent heads keep grad None: Adam skips them (no momentum, no decay)
@@ -455,12 +389,16 @@ def _train(config: EnrichConfig, *, model: str | Path | Encoder, tasks: Sequence
     return finish_run(out, data, config)
 
 
+def scheme_is_a1(config: EnrichConfig) -> bool:
+    return parse_sampling(config.sampling)[0] == "algorithm1"
+
+
 def finish_run(out: Path, data: PreparedData, config: EnrichConfig) -> dict[str, Any]:
     """Evaluate the best checkpoint on valid and test; write ``summary.json``."""
     best = out / "checkpoints" / "best"
     if not (best / "config.json").is_file():
         raise CheckpointError(f"{best}: no best checkpoint (no epoch produced a finite validation score)")
-    model = Encoder.from_pretrained(best)
+    model = load_model_dir(best)
     heads, _ = load_heads(best)
     state = ckpt.read_state(out / "checkpoints" / "last")["state"]
     summary: dict[str, Any] = {
@@ -475,6 +413,8 @@ def finish_run(out: Path, data: PreparedData, config: EnrichConfig) -> dict[str,
         "reweights": state.get("reweights"),
         "rejects": len(data.rejects),
     }
+    if config.multisource.strategy:
+        summary["multisource"] = strategy_record(config, data.tasks)
     for split in ("valid", "test"):
         idx = data.split(split)
         res = evaluate(model, heads, data, idx, batch_size=config.eval_batch_size) if idx else {}

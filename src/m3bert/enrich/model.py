@@ -8,42 +8,54 @@
   lr), ``scratch`` (a random encoder of the same architecture, at the full lr).
 * :func:`represent` / :func:`batch_losses`: a :class:`~m3bert.enrich.samples.Batch` -> clip
   representations -> per-task losses over the rows that carry each task's label.
+
+A config with a ``multisource`` strategy (Kim et al. 2020) builds, optimises and scores the
+multi-source CNN instead (:mod:`m3bert.enrich.multisource`); the loop does not tell them apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from m3bert.core.errors import CheckpointError
+from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.enrich.config import EnrichConfig
 from m3bert.enrich.heads import MultiTaskHeads, TaskInfo, task_loss, task_weighting
-from m3bert.enrich.samples import Batch
+from m3bert.enrich.multisource import build_multisource_modules, make_multisource_optimizer, multisource_losses
+from m3bert.enrich.samples import Batch, PreparedData
+from m3bert.models.base import ModelBase
 from m3bert.models.encoder import Encoder, EncoderConfig
 from m3bert.models.hub import load_encoder
+from m3bert.models.kim import KimEncoder
 from m3bert.train.optim import make_adam
 from m3bert.train.weighting import LossWeighting
 from m3bert.windows import pool_windows
 
 
-def resolve_encoder(model: str | Path | Encoder) -> tuple[Encoder, str]:
+def resolve_encoder(model: str | Path | ModelBase) -> tuple[Any, str]:
     """``--model`` (a pre-training run dir, a checkpoint dir, a model dir or ``random:CONFIG[:SEED]``)
-    or an in-memory :class:`Encoder` -> (encoder, source description for run.json)."""
-    if isinstance(model, Encoder):
+    or an in-memory model -> (model, source description for run.json)."""
+    if isinstance(model, ModelBase):
         return model, "<in memory>"
     return load_encoder(model)
 
 
 def build_modules(
-    base: Encoder, tasks: list[TaskInfo], cfg: EnrichConfig
-) -> tuple[Encoder, MultiTaskHeads, LossWeighting]:
+    base: Any, tasks: list[TaskInfo], cfg: EnrichConfig, *, data: PreparedData | None = None
+) -> tuple[Any, MultiTaskHeads, LossWeighting]:
     """The M3BERT model (encoder + enrichment), heads and loss weighting, seeded by ``cfg.seed``.
 
     ``frozen`` / ``finetune`` start from ``base``'s weights (every key except ``enrichment.*``);
-    ``scratch`` keeps the random initialisation of the same architecture.
+    ``scratch`` keeps the random initialisation of the same architecture. A multi-source config
+    builds the strategy's network on the feature set ``data`` normalises with.
     """
+    if cfg.multisource.strategy:
+        if data is None or data.feature_set is None:
+            raise ConfigError("a multisource run needs its prepared data (feature set with the training statistics)")
+        return build_multisource_modules(base, tasks, cfg, feature_config=data.feature_set.to_dict())
     mcfg = EncoderConfig.from_dict({**base.cfg.to_dict(), "enrichment": dataclasses.asdict(cfg.enrichment)})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -64,9 +76,11 @@ def build_modules(
     return model, heads, weighting
 
 
-def make_optimizer(model: Encoder, heads: MultiTaskHeads, weighting: LossWeighting, cfg: EnrichConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: Any, heads: MultiTaskHeads, weighting: LossWeighting, cfg: EnrichConfig) -> torch.optim.Optimizer:
     """Adam (decoupled decay) with param groups: enrichment + heads (lr), loss weights (lr, no decay),
     encoder (``encoder_lr_scale`` x lr when finetuning, the full lr from scratch)."""
+    if isinstance(model, KimEncoder):
+        return make_multisource_optimizer(model, heads, weighting, cfg)
     o = cfg.optim
     groups = [
         {"name": "enrichment+heads", "params": list(model.enrichment.parameters()) + list(heads.parameters()),
@@ -82,14 +96,15 @@ def make_optimizer(model: Encoder, heads: MultiTaskHeads, weighting: LossWeighti
     return make_adam(groups, o)
 
 
-def set_train_mode(model: Encoder, heads: MultiTaskHeads, scenario: str) -> None:
+def set_train_mode(model: Any, heads: MultiTaskHeads, scenario: str) -> None:
     """Train mode for what trains; a frozen encoder stays in eval mode (no dropout), as when cached."""
     heads.train()
     model.train(scenario != "frozen")
-    model.enrichment.train()
+    if model.enrichment is not None:
+        model.enrichment.train()
 
 
-def represent(model: Encoder, batch: Batch, *, input_kind: str) -> torch.Tensor:
+def represent(model: Any, batch: Batch, *, input_kind: str) -> torch.Tensor:
     """The M3BERT clip representation ``(B, D)``: time average of the enrichment output.
 
     Enrichment is per frame, so it commutes with stitching: on cached stitched hidden states this
@@ -102,8 +117,10 @@ def represent(model: Encoder, batch: Batch, *, input_kind: str) -> torch.Tensor:
     return pool_windows(enriched, batch.frame_weights, batch.owner, batch.n_samples)
 
 
-def batch_losses(model: Encoder, heads: MultiTaskHeads, batch: Batch, *, input_kind: str) -> dict[str, torch.Tensor]:
+def batch_losses(model: Any, heads: MultiTaskHeads, batch: Batch, *, input_kind: str) -> dict[str, torch.Tensor]:
     """Per-task mean losses over the rows carrying each task's label (absent tasks left out)."""
+    if isinstance(model, KimEncoder):
+        return multisource_losses(model, heads, batch)
     pooled = represent(model, batch, input_kind=input_kind)
     outputs = heads(pooled, batch.rows)
     return {t: task_loss(heads.tasks[t].label_type, out, batch.targets[t], batch.masks[t]) for t, out in outputs.items()}

@@ -8,7 +8,10 @@
 * :func:`prepare_data`: each sample's model input cached once on disk by the same
   :class:`~m3bert.embed.Embedder` the exported model uses: the stitched last hidden states of the
   frozen encoder (``frozen``) or its normalised feature windows (``finetune`` / ``scratch``).
-* :func:`collate`: a mixed :class:`Batch` of those inputs plus each task's labelled rows.
+* :func:`collate`: a mixed :class:`Batch` of those inputs plus each task's labelled rows; for the
+  ``frames`` inputs of Kim et al.'s multi-source training (:mod:`m3bert.enrich.multisource`: raw
+  feature frames of the whole excerpt) a random crop of ``crop_frames`` per sample, normalised
+  as the Embedder normalises a window (:func:`collate_crops`).
 """
 
 from __future__ import annotations
@@ -60,13 +63,16 @@ class PreparedData:
 
     tasks: list[TaskInfo]  # in the order given
     samples: list[Sample]  # merged over tasks
-    input_kind: str  # "hidden" (frozen: stitched last hidden states) or "windows" (normalised feature windows)
-    arrays: list[Path]  # per sample: cached .npy (n_frames, H) or (sum of window lengths, C)
+    input_kind: str  # "hidden" (frozen: stitched last hidden states), "windows" (normalised feature windows), "frames" (raw frames, cropped per step)
+    arrays: list[Path]  # per sample: cached .npy (n_frames, H) or (sum of window lengths, C) or raw (n_frames, C)
     starts: list[list[int]]  # per sample: window start frames ("windows" kind)
     n_frames: list[int]  # per sample: frames of the whole excerpt
     window_frames: int  # encoder window (the model's max_frames)
     rejects: list[dict[str, str]] = field(default_factory=list)  # excerpts whose audio failed
     specs: list[str] = field(default_factory=list)  # task specs as given (for run.json)
+    feature_set: Any = None  # "frames": the FeatureSet normalising a crop (corpus CMVN statistics included)
+    crop_frames: int = 0  # "frames": frames per training crop
+    factors: list[dict[str, Any]] = field(default_factory=list)  # "frames": the label-factor models (for run.json)
 
     def split(self, name: str) -> list[int]:
         return [i for i, s in enumerate(self.samples) if s.split == name]
@@ -182,7 +188,7 @@ def _base_embedder(encoder: Encoder) -> Any:
     The Embedder freezes the encoder it is given, hence the copy.
     """
     base = copy.deepcopy(encoder)
-    if base.enrichment is not None:
+    if getattr(base, "enrichment", None) is not None:
         base.enrichment = None
         base.cfg = dataclasses.replace(base.cfg, enrichment=None)
     return Embedder(base)
@@ -291,8 +297,15 @@ class Batch:
     masks: dict[str, torch.Tensor | None]  # multilabel task -> (k, n) known-label mask, else None
 
 
-def collate(data: PreparedData, indices: Sequence[int], tasks: Sequence[TaskInfo]) -> Batch:
-    """Stack the cached inputs of ``indices`` and gather every task's labels (partial labels)."""
+def collate(data: PreparedData, indices: Sequence[int], tasks: Sequence[TaskInfo], *,
+            crop_seed: Sequence[int] | None = None, only_task: str | None = None) -> Batch:
+    """Stack the cached inputs of ``indices`` and gather every task's labels (partial labels).
+
+    ``frames`` inputs are cropped (:func:`collate_crops`: random crops seeded by ``crop_seed``, or
+    centre crops without it); ``only_task`` keeps that task's labels only (Algorithm 1's batches).
+    """
+    if data.input_kind == "frames":
+        return collate_crops(data, indices, tasks, seed=crop_seed, only_task=only_task)
     pieces: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     owner: list[int] = []
@@ -318,9 +331,51 @@ def collate(data: PreparedData, indices: Sequence[int], tasks: Sequence[TaskInfo
     for j, (p, fw) in enumerate(zip(pieces, weights)):
         x[j, : p.shape[0]] = p
         w[j, : p.shape[0]] = fw
+    return Batch(
+        inputs=torch.from_numpy(x),
+        lengths=torch.tensor([p.shape[0] for p in pieces], dtype=torch.long),
+        frame_weights=torch.from_numpy(w),
+        owner=torch.tensor(owner, dtype=torch.long),
+        n_samples=len(indices),
+        **_labels(data, indices, tasks, only_task),
+    )
+
+
+def collate_crops(data: PreparedData, indices: Sequence[int], tasks: Sequence[TaskInfo], *,
+                  seed: Sequence[int] | None = None, only_task: str | None = None) -> Batch:
+    """One window per sample: ``crop_frames`` frames at a random offset (``seed``, e.g. (run seed,
+    epoch, step): a pure function of it, so resume is exact) or the centre (``seed=None``: evaluation),
+    normalised by ``data.feature_set`` as the Embedder normalises a window. A shorter excerpt is
+    taken whole (and padded, with its length)."""
+    rng = np.random.default_rng([int(v) for v in seed]) if seed is not None else None
+    crop = int(data.crop_frames)
+    pieces = []
+    for i in indices:
+        arr = np.load(data.arrays[i], mmap_mode="r")
+        n = arr.shape[0]
+        if n <= crop:
+            start = 0
+        else:
+            start = int(rng.integers(0, n - crop + 1)) if rng is not None else (n - crop) // 2
+        pieces.append(np.asarray(data.feature_set.normalize(np.asarray(arr[start:start + crop])), np.float32))
+    t_max = max(p.shape[0] for p in pieces)
+    x = np.zeros((len(pieces), t_max, pieces[0].shape[1]), np.float32)
+    w = np.zeros((len(pieces), t_max), np.float32)
+    for j, p in enumerate(pieces):
+        x[j, : p.shape[0]] = p
+        w[j, : p.shape[0]] = 1.0
+    return Batch(inputs=torch.from_numpy(x), lengths=torch.tensor([p.shape[0] for p in pieces], dtype=torch.long),
+                 frame_weights=torch.from_numpy(w), owner=torch.arange(len(pieces), dtype=torch.long),
+                 n_samples=len(indices), **_labels(data, indices, tasks, only_task))
+
+
+def _labels(data: PreparedData, indices: Sequence[int], tasks: Sequence[TaskInfo],
+            only_task: str | None) -> dict[str, Any]:
+    """Each task's labelled rows, targets and masks (``only_task``: the other tasks get no rows)."""
     rows, targets, masks = {}, {}, {}
     for t in tasks:
-        r = [row for row, i in enumerate(indices) if t.name in data.samples[i].labels]
+        r = [row for row, i in enumerate(indices) if t.name in data.samples[i].labels
+             and (only_task is None or t.name == only_task)]
         rows[t.name] = torch.tensor(r, dtype=torch.long)
         labs = [data.samples[indices[row]].labels[t.name] for row in r]
         if t.label_type == "multiclass":
@@ -334,13 +389,4 @@ def collate(data: PreparedData, indices: Sequence[int], tasks: Sequence[TaskInfo
             ms = [data.samples[indices[row]].masks.get(t.name) for row in r]
             masks[t.name] = (torch.from_numpy(np.stack([m if m is not None else np.ones(t.n_outputs, np.float32) for m in ms]))
                              if any(m is not None for m in ms) else None)
-    return Batch(
-        inputs=torch.from_numpy(x),
-        lengths=torch.tensor([p.shape[0] for p in pieces], dtype=torch.long),
-        frame_weights=torch.from_numpy(w),
-        owner=torch.tensor(owner, dtype=torch.long),
-        n_samples=len(indices),
-        rows=rows,
-        targets=targets,
-        masks=masks,
-    )
+    return {"rows": rows, "targets": targets, "masks": masks}

@@ -1,8 +1,11 @@
-"""Models: the M2BERT encoder (+ optional M3BERT enrichment layer) and its registry of named
-configs (``encoder``), small output heads (``heads``), and ``hub``: resolving, loading,
-identifying and exporting model folders.
+"""Models: the architecture registry and the model folder (``base``), the M2BERT encoder
+(+ optional M3BERT enrichment layer, ``encoder``), Kim et al.'s multi-source CNN (``kim``), small
+output heads (``heads``), and ``hub``: resolving, loading, identifying and exporting model folders.
+Importing the package registers every architecture and named config.
 """
 
+from m3bert.models import kim as _kim  # noqa: F401  (registers "kim-cnn" and its named configs)
+from m3bert.models.base import ARCHITECTURES, ModelBase, load_model_dir  # noqa: F401
 from m3bert.models.encoder import (  # noqa: F401
     Encoder,
     EncoderConfig,
@@ -12,3 +15,4 @@ from m3bert.models.encoder import (  # noqa: F401
     get_model_config,
     register_model_config,
 )
+from m3bert.models.kim import STRATEGIES, KimConfig, KimEncoder  # noqa: F401

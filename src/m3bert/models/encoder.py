@@ -6,8 +6,9 @@ positions), 1..L the transformer layers, and, for an M3BERT model, one more entr
 output of the multi-task enrichment layer (time-distributed dense), the M3BERT
 representation. Padded frames never influence real frames (key padding mask).
 
-A model directory (``save_pretrained`` / ``from_pretrained``) is ``config.json`` +
-``model.safetensors``; loading never unpickles anything.
+A model directory (``save_pretrained`` / ``from_pretrained``, shared by every architecture in
+:mod:`m3bert.models.base`) is ``config.json`` + ``model.safetensors``; loading never unpickles
+anything. This is the ``m2bert`` architecture, the default of a folder that names none.
 """
 
 from __future__ import annotations
@@ -15,22 +16,27 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from m3bert.core.config import bounded, from_dict
-from m3bert.core.errors import CheckpointError, ConfigError
-from m3bert.core.io import atomic_path, atomic_write_json, read_format_json
-from m3bert.core.registry import Registry
-from m3bert.core.version import __version__
-
-MODEL_FORMAT = "m3bert-model"
-MODEL_FORMAT_VERSION = 1
+from m3bert.core.errors import ConfigError
+from m3bert.models.base import (  # noqa: F401  (re-exported: the names callers import from here)
+    MODEL_CONFIGS,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    ModelBase,
+    available_models,
+    check_same,
+    create_model,
+    get_model_config,
+    load_state_checked,
+    register_architecture,
+    register_model_config,
+)
 
 
 @dataclass
@@ -81,46 +87,6 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
         return from_dict(cls, data, where="model")
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry of named architectures
-# ---------------------------------------------------------------------------------------------
-
-MODEL_CONFIGS = Registry("model config")  # name -> EncoderConfig keyword arguments
-
-
-def register_model_config(name: str, **config: Any) -> None:
-    EncoderConfig(**config)  # validate now
-    MODEL_CONFIGS.add(name, dict(config))
-
-
-def available_models() -> list[str]:
-    return sorted(MODEL_CONFIGS)
-
-
-def get_model_config(name: str, **overrides: Any) -> EncoderConfig:
-    return EncoderConfig.from_dict({**MODEL_CONFIGS.lookup(name), **overrides})
-
-
-def create_model(name: str, *, seed: int | None = None, **overrides: Any) -> "Encoder":
-    """Create a randomly initialised registered encoder (seeded when ``seed`` is given)."""
-    cfg = get_model_config(name, **overrides)
-    if seed is None:
-        return Encoder(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Encoder(cfg)
-
-
-# Paper Table 2. Small = 29.4M parameters with FFN 3072 (paper: 29.3M). Large with the standard
-# BERT FFN of 4x hidden = 4096 has 102.5M parameters, not the paper's 93.1M (which an FFN of
-# ~3.6k would give); we ship the standard 4x FFN and document the difference.
-register_model_config("m2bert-small", hidden=768, n_layers=4, n_heads=12, ffn=3072)
-register_model_config("m2bert-large", hidden=1024, n_layers=8, n_heads=16, ffn=4096)
-# CPU-sized configs for tests and the demo.
-register_model_config("m2bert-tiny", hidden=64, n_layers=2, n_heads=4, ffn=128, dropout=0.1)
-register_model_config("m2bert-mini", hidden=192, n_layers=4, n_heads=4, ffn=768, dropout=0.1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,11 +168,13 @@ class Enrichment(nn.Module):
         return x
 
 
-class Encoder(nn.Module):
+class Encoder(ModelBase):
     """M2BERT encoder; with ``cfg.enrichment`` set, an M3BERT model.
 
     ``forward(frames (B, T, n_input), lengths (B,)) -> list of (B, T, D_l)`` hidden states.
     """
+
+    architecture = "m2bert"
 
     def __init__(self, cfg: EncoderConfig, *, feature_config: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -287,92 +255,14 @@ class Encoder(nn.Module):
             states.append(self.enrichment(x))
         return states
 
-    # -- model directory ---------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` atomically into ``directory``."""
 
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": MODEL_FORMAT})
-        config = {
-            "format": MODEL_FORMAT,
-            "format_version": MODEL_FORMAT_VERSION,
-            "m3bert_version": __version__,
-            "model": self.cfg.to_dict(),
-            "feature_set": self.feature_config,
-            "n_parameters": self.num_parameters(),
-        }
-        if extra:
-            config.update(extra)
-        atomic_write_json(directory / "config.json", config)
-        return directory
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | Path,
-        *,
-        expect_model: dict[str, Any] | None = None,
-        expect_feature_set: dict[str, Any] | None = None,
-        map_location: str = "cpu",
-    ) -> "Encoder":
-        """Load a model directory; refuse (``CheckpointError``) anything that does not match."""
-
-        directory = Path(directory)
-        cfg_path, weights = directory / "config.json", directory / "model.safetensors"
-        for p in (cfg_path, weights):
-            if not p.is_file():
-                raise CheckpointError(f"{directory}: missing {p.name}; a model directory holds config.json + model.safetensors")
-
-        config = read_format_json(cfg_path, fmt=MODEL_FORMAT, max_version=MODEL_FORMAT_VERSION)
-        try:
-            mcfg = EncoderConfig.from_dict(config["model"])
-        except (KeyError, ConfigError, TypeError) as exc:
-            raise CheckpointError(f"{cfg_path}: invalid 'model' section ({exc})") from exc
-        if expect_model is not None:
-            check_same("model", EncoderConfig.from_dict(expect_model).to_dict(), mcfg.to_dict(), cfg_path)
-        if expect_feature_set is not None:
-            check_same("feature_set", expect_feature_set, config.get("feature_set"), cfg_path)
-        model = cls(mcfg, feature_config=config.get("feature_set"))
-        try:
-            state = load_file(str(weights), device=map_location)
-        except Exception as exc:  # safetensors raises several types for corrupt files
-            raise CheckpointError(f"{weights}: cannot read safetensors ({exc})") from exc
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise CheckpointError(f"{weights}: non-finite weights (NaN/inf) in {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
-                                  "the run that wrote them diverged: retrain from an earlier checkpoint or with a lower lr")
-        load_state_checked(model, state, where=str(weights))
-        model.config_extra = {k: v for k, v in config.items() if k not in ("model", "feature_set")}
-        return model
-
-
-def load_state_checked(module: nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
-    """``load_state_dict`` that reports missing/unexpected keys and shape mismatches clearly."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{where}: weights do not match the architecture; missing={missing[:5]} "
-            f"unexpected={unexpected[:5]} shape mismatches={shapes[:5]}"
-        )
-    module.load_state_dict(state, strict=True)
-
-
-def check_same(what: str, expected: Any, found: Any, where: Path | str) -> None:
-    """Raise ``CheckpointError`` listing the keys where ``found`` differs from ``expected``."""
-    if expected == found:
-        return
-    if isinstance(expected, dict) and isinstance(found, dict):
-        diffs = [f"{k}: expected {expected.get(k)!r}, found {found.get(k)!r}"
-                 for k in sorted(set(expected) | set(found)) if expected.get(k) != found.get(k)]
-    else:
-        diffs = [f"expected {expected!r}, found {found!r}"]
-    raise CheckpointError(f"{where}: {what} differs: " + "; ".join(diffs[:8]))
-
+register_architecture("m2bert", config_cls=EncoderConfig, model_cls=Encoder,
+                      description="M2BERT/M3BERT: BERT-style transformer over feature frames (+ enrichment layer)")
+# Paper Table 2. Small = 29.4M parameters with FFN 3072 (paper: 29.3M). Large with the standard
+# BERT FFN of 4x hidden = 4096 has 102.5M parameters, not the paper's 93.1M (which an FFN of
+# ~3.6k would give); we ship the standard 4x FFN and document the difference.
+register_model_config("m2bert-small", hidden=768, n_layers=4, n_heads=12, ffn=3072)
+register_model_config("m2bert-large", hidden=1024, n_layers=8, n_heads=16, ffn=4096)
+# CPU-sized configs for tests and the demo.
+register_model_config("m2bert-tiny", hidden=64, n_layers=2, n_heads=4, ffn=128, dropout=0.1)
+register_model_config("m2bert-mini", hidden=192, n_layers=4, n_heads=4, ffn=768, dropout=0.1)

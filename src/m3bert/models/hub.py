@@ -1,14 +1,14 @@
 """Finding, loading, identifying and exporting models: the one place that resolves a model spec.
 
 A *model directory* is ``config.json`` (``format: m3bert-model``, the architecture, the feature
-set it was trained on) + ``model.safetensors``, written and read by
-:meth:`Encoder.save_pretrained` / :meth:`Encoder.from_pretrained`. A *run directory* holds
+set it was trained on) + ``model.safetensors``, written and read for every registered architecture
+by :mod:`m3bert.models.base` (``save_pretrained`` / :func:`~m3bert.models.base.load_model_dir`). A *run directory* holds
 ``run.json`` and ``checkpoints/{best,last}/`` (each a model directory plus trainer files). A
 *model spec* is either of those, a checkpoint directory, or ``random:CONFIG[:SEED]`` (the
-untrained baseline with the default feature set).
+untrained baseline of a named config, with the feature set that config names).
 
 * :func:`resolve_model_dir` - spec path -> the model directory to load
-* :func:`load_encoder` - spec -> ``(Encoder, source)``
+* :func:`load_encoder` - spec -> ``(model of any architecture, source)``
 * :func:`model_id` / :func:`weights_digest` - content hashes (the one weight hash of the package)
 * :func:`export_model` - a run or checkpoint -> a clean model directory
 """
@@ -28,9 +28,10 @@ from torch import nn
 from m3bert.core.errors import CheckpointError, ConfigError, DataError, M3bertError
 from m3bert.core.io import atomic_write_json, make_temp_dir, read_json, replace_dir
 from m3bert.features import feature_set_from_dict, get_feature_set
-from m3bert.models.encoder import MODEL_FORMAT, Encoder, create_model
+from m3bert.models import kim as _kim  # noqa: F401  (registers the kim-cnn architecture)
+from m3bert.models.base import DEFAULT_ARCHITECTURE, MODEL_FORMAT, ModelBase, create_model, load_model_dir, named_config
 
-DEFAULT_FEATURE_SET = "m3bert324"  # feature set of ``random:`` models (the paper's 324-d frames)
+DEFAULT_FEATURE_SET = "m3bert324"  # feature set of the m2bert ``random:`` models (the paper's 324-d frames)
 
 def is_model_dir(path: Path) -> bool:
     cfg = path / "config.json"
@@ -95,16 +96,17 @@ def load_encoder(spec: str | os.PathLike) -> tuple[Any, str]:
 
         name, seed = _parse_random_spec(spec)
         encoder = create_model(name, seed=seed)
-        feature_set = get_feature_set(DEFAULT_FEATURE_SET)
+        entry = named_config(name)
+        feature_set = get_feature_set(entry.feature_set, **entry.feature_options)
         if feature_set.n_channels != encoder.cfg.n_input:
             raise ConfigError(
-                f"{spec}: model config {name!r} takes {encoder.cfg.n_input} input channels but the "
-                f"default feature set {DEFAULT_FEATURE_SET!r} has {feature_set.n_channels}"
+                f"{spec}: model config {name!r} takes {encoder.cfg.n_input} input channels but its "
+                f"feature set {entry.feature_set!r} has {feature_set.n_channels}"
             )
         encoder.feature_config = feature_set.to_dict()
         return encoder, f"random:{name}:{seed}"
     model_dir = resolve_model_dir(spec)
-    return Encoder.from_pretrained(model_dir), str(model_dir)
+    return load_model_dir(model_dir), str(model_dir)
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -118,19 +120,25 @@ def _update_with_state(h: Any, module: nn.Module) -> None:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode("utf-8"))
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # reshape: 0-d tensors (BN counters)
 
 
-def model_id(encoder: Encoder, feature_set: dict[str, Any]) -> str:
-    """SHA-1 (16 hex) of the architecture, the feature-set description and every weight (a cache key)."""
+def model_id(encoder: ModelBase, feature_set: dict[str, Any]) -> str:
+    """SHA-1 (16 hex) of the architecture, the feature-set description and every weight (a cache key).
+
+    The architecture's name enters the hash for every architecture but ``m2bert``, so the ids of
+    M2BERT/M3BERT models are those they always had."""
     h = hashlib.sha1()
     meta = {"model": encoder.cfg.to_dict(), "feature_set": feature_set}
+    arch = getattr(encoder, "architecture", DEFAULT_ARCHITECTURE)
+    if arch != DEFAULT_ARCHITECTURE:
+        meta["architecture"] = arch
     h.update(json.dumps(meta, sort_keys=True, default=str).encode("utf-8"))
     _update_with_state(h, encoder)
     return h.hexdigest()[:16]
 
 
-def check_feature_set(encoder: Encoder, *, source: str) -> Any:
+def check_feature_set(encoder: ModelBase, *, source: str) -> Any:
     """Rebuild the encoder's feature set and check its width; ``CheckpointError`` naming ``source``."""
     if not encoder.feature_config:
         raise CheckpointError(
@@ -200,7 +208,7 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, *, checkpoint: 
     run, out = Path(run), Path(out)
     src = _source_dir(run, checkpoint)
     _check_export_target(out, sources=(run, src), overwrite=overwrite)
-    encoder = Encoder.from_pretrained(src)  # validates format, architecture and weights
+    encoder = load_model_dir(src)  # validates format, architecture and weights
     source_id = model_id(encoder, check_feature_set(encoder, source=str(src)).to_dict())
     run_kind = None
     for parent in (src, *src.parents[:3]):
@@ -216,7 +224,7 @@ def export_model(run: str | os.PathLike, out: str | os.PathLike, *, checkpoint: 
     try:
         shutil.copyfile(src / "model.safetensors", tmp / "model.safetensors")
         atomic_write_json(tmp / "config.json", config)
-        check = Encoder.from_pretrained(tmp)
+        check = load_model_dir(tmp)
         if model_id(check, check_feature_set(check, source=str(tmp)).to_dict()) != source_id:  # pragma: no cover
             raise CheckpointError(f"{tmp}: exported model differs from {src} (model id)")
         replace_dir(tmp, out)  # the old model stays on disk until the new one is in place

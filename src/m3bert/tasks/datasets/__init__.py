@@ -29,6 +29,7 @@ from m3bert.tasks.datasets import (
     nsynth,  # noqa: F401  nsynth-family, nsynth-pitch
     openmic,  # noqa: F401  openmic-instrument
     rwc,  # noqa: F401  rwc-instrument
+    taste_profile,  # noqa: F401  taste-profile (MSD listening data: cold-start recommendation)
     user,  # noqa: F401  the folder:PATH and csv:FILE schemes (the user's own labelled data)
     vocalset,  # noqa: F401  vocalset-technique, vocalset-singer
 )
