@@ -27,7 +27,7 @@ def demo_run(tiny_corpus, tmp_path_factory):
 def test_every_stage_ran_and_wrote_the_report(demo_run):
     out, cfg, results, lines = demo_run
     stages = {p.stem for p in (out / "stages").glob("*.json")}
-    assert stages == {"corpus", "features", "pretrain", "enrich", "export", "bench", "ablation"}
+    assert stages == {"corpus", "features", "pretrain", "enrich", "export", "bench", "analysis", "ablation"}
     for name in ("report.html", "report.md", "report.json", "results.json"):
         assert (out / name).is_file(), name
     reps = [r["name"] for r in results["representations"]]
@@ -38,6 +38,14 @@ def test_every_stage_ran_and_wrote_the_report(demo_run):
     assert set(cfg.held_out) == {"key", "pitch", "style"}
     md = (out / "report.md").read_text()
     assert "held out" in md and "What this demo shows" in md and "Masking ablation" in md
+    # the interpretability section: both models analysed on held-out clips, against random twins
+    assert "Interpretability: units vs audio descriptors" in md
+    sec = [s for s in json.loads((out / "report.json").read_text())["sections"] if s["title"].startswith("Interpretability")]
+    assert len(sec) == 1 and "M3BERT random |r|" in sec[0]["table"]["headers"]  # (tiny preset: no figures)
+    for name in ("m2bert", "m3bert"):
+        res = json.loads((out / "analysis" / name / "analysis.json").read_text())
+        assert res["inputs"]["task"]["split"] == "test" and res["inputs"]["n_done"] == cfg.analysis_clips
+        assert list(res["models"]) == ["model", "random"]
     assert any("m3bert demo: summary" in line for line in lines)
 
 
@@ -78,7 +86,7 @@ def test_rerun_reuses_every_stage(demo_run, tiny_corpus):
     lines: list[str] = []
     again = run_demo(out, config=cfg, progress=False, say=lines.append, corpus=tiny_corpus)
     reused = [line for line in lines if "reusing the result" in line]
-    assert len(reused) == 7, lines
+    assert len(reused) == 8, lines
     assert again["results"] == json.loads(json.dumps(results["results"]))
 
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from m3bert.app.commands import bench, corpus, demo, embed, enrich, export, features, multisource, pretrain, targets
+from m3bert.app.commands import analyze, bench, corpus, demo, embed, enrich, export, features, multisource, pretrain, targets
 from m3bert.core.errors import M3bertError
 from m3bert.core.version import __version__
 
@@ -17,14 +17,15 @@ from m3bert.core.version import __version__
 COMMANDS: dict[str, ModuleType] = {
     "features": features,
     "corpus": corpus,
-    "pretrain": pretrain,
     "targets": targets,
+    "pretrain": pretrain,
     "enrich": enrich,
     "finetune": enrich,  # alias: the stage's earlier name
     "multisource": multisource,
     "export": export,
     "embed": embed,
     "bench": bench,
+    "analyze": analyze,
     "demo": demo,
 }
 

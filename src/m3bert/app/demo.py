@@ -9,9 +9,11 @@ Stages (each reuses its output when the demo is run again, so an interrupted dem
 5. ``export``    both encoders as model directories
 6. ``bench``     M3BERT, M2BERT, a random encoder and the MFCC / raw-feature baselines on every
                  built-in task (enrichment tasks and held-out tasks), several probe seeds
-7. ``ablation``  (``--ablation masking``) the paper's Table 5 comparison: one pre-training run per
+7. ``analysis``  interpretability (paper Figs. 5-6): ``m3bert analyze`` of M2BERT and M3BERT, each
+                 against a random twin, over a capped seeded subset of the test split of one task
+8. ``ablation``  (``--ablation masking``) the paper's Table 5 comparison: one pre-training run per
                  masking policy and seed, same budget, benchmarked on the held-out tasks
-8. ``report``    ``OUT/report.{html,md,json}`` and a one-screen terminal summary
+9. ``report``    ``OUT/report.{html,md,json}`` and a one-screen terminal summary
 
 The configuration of every stage lives in :class:`DemoConfig`; its presets ``tiny`` (tests) and
 ``small`` (``make demo``) differ only in sizes and budgets.
@@ -25,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from m3bert.app.demo_report import MASKING_POLICIES, report_sections, terminal_summary
 from m3bert.core.errors import ConfigError
 from m3bert.core.io import atomic_write_json, config_hash, read_json
 from m3bert.corpus import build_corpus, corpus_info
 from m3bert.enrich import load_config as load_enrich_config
 from m3bert.enrich import run_enrich
+from m3bert.evaluate.analysis import AnalysisConfig, analyze
 from m3bert.evaluate.baselines import get_baseline
 from m3bert.evaluate.report import load_results, write_report
 from m3bert.evaluate.representations import ModelRepresentation
@@ -77,8 +82,18 @@ class DemoConfig:
     ablation_seeds: int = 2  # pre-training seeds per masking policy in the ablation
     ablation_steps: int = 100  # pre-training steps per ablation run
     ablation_tasks: tuple[str, ...] = ("key", "pitch", "style")  # tasks the ablation is judged on
+    # Interpretability (paper Figs. 5-6): `m3bert analyze` of both models (each against a random twin of
+    # its architecture) over a seeded subset of the test split of this task (its labels colour the t-SNE map).
+    analysis_task: str = "instrument"
+    analysis_clips: int = 40  # test clips analysed (~35 s on 2 cores for the small preset, f0 included)
+    analysis_f0: bool = True  # pYIN f0 (~2.8 s per minute of audio on one core); off in the tiny preset
+    analysis_figures: bool = True  # heatmaps, scatter plots, t-SNE (a few s of matplotlib); off in the tiny preset
 
     def __post_init__(self) -> None:
+        if self.analysis_task not in ALL_TASKS:
+            raise ConfigError(f"demo analysis_task={self.analysis_task!r}; expected one of {ALL_TASKS}")
+        if self.analysis_clips < 0:
+            raise ConfigError(f"demo analysis_clips={self.analysis_clips}; expected >= 0 (0 = no analysis stage)")
         for name in ("enrich_tasks", "bench_tasks", "ablation_tasks"):
             value = tuple(getattr(self, name))
             unknown = [t for t in value if t not in ALL_TASKS]
@@ -102,7 +117,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(corpus_preset="tiny", model="m2bert-tiny", pretrain_steps=12, pretrain_batch=8,
                  pretrain_effective_batch=8, pretrain_frames=128, enrich_epochs=2, bench_seeds=2,
                  protocol="linear", probe_max_epochs=30, ablation_seeds=1, ablation_steps=6, workers=1,
-                 ablation_tasks=("pitch", "key")),
+                 ablation_tasks=("pitch", "key"), analysis_clips=4, analysis_f0=False,
+                 analysis_figures=False),
 }
 
 
@@ -249,6 +265,14 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
 
     results = load_results(out / "bench" / "results.json")
 
+    # -- interpretability (paper Figs. 5-6) ---------------------------------------------------------
+    if cfg.analysis_clips:
+        analysis_key = [stages.summaries["export"]["key"], cfg.analysis_task, cfg.analysis_clips, cfg.analysis_f0,
+                        cfg.analysis_figures, cfg.seed]
+        stages.run("analysis", analysis_key, lambda: _analysis(cfg, models, corpus, out / "analysis",
+                                                               key=config_hash(analysis_key), progress=progress,
+                                                               say=say))
+
     # -- masking ablation (paper Table 5) ----------------------------------------------------------
     ablation = None
     if cfg.ablation == "masking":
@@ -300,6 +324,36 @@ def _probe_overrides(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.probe_max_epochs:
         over["max_epochs"] = cfg.probe_max_epochs
     return over
+
+
+def _analysis(cfg: DemoConfig, models: Path, corpus: Path, out: Path, *, key: str, progress: bool,
+              say: Callable[[str], None]) -> dict[str, Any]:
+    """``m3bert analyze`` of the demo's M2BERT and M3BERT over the test split of the analysis task
+    (one folder each, both against a random twin; descriptors computed once for both)."""
+    if (out / "key.json").is_file() and read_json(out / "key.json").get("key") != key:
+        shutil.rmtree(out)  # an analysis of other models or settings: start again
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "key.json", {"key": key})
+    acfg = AnalysisConfig(split="test", f0=cfg.analysis_f0, seed=cfg.seed, max_items=cfg.analysis_clips,
+                          reservoir=1000, checkpoint_s=30.0, figures=cfg.analysis_figures)
+    spec = f"builtin-{cfg.analysis_task}:{corpus}"
+    cache: dict[Any, Any] = {}
+    summary: dict[str, Any] = {}
+    # One torch thread: the demo's encoders are small, and on a shared 2-core machine two torch threads
+    # next to numpy's BLAS made this stage 3-4x slower (measured: 86 s vs 22-25 s for the small preset).
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in ("m2bert", "m3bert"):
+            say(f"[analysis] {name}: units vs descriptors over {spec} (test split, <= {cfg.analysis_clips} clips)")
+            res = analyze(str(models / name), [spec], out / name, config=acfg, progress=progress, say=say,
+                          descriptor_cache=cache, restart=True)
+            best = res["models"]["model"]["best"]
+            summary[name] = {"analysis": str(out / name / "analysis.json"), "n_items": res["inputs"]["n_done"],
+                             "best_abs_r": {g: best[g]["abs_r"] for g in ("centroid", "harmonicity") if g in best}}
+    finally:
+        torch.set_num_threads(old_threads)
+    return summary
 
 
 def _ablation(cfg: DemoConfig, store: Path, corpus: Path, out: Path, *, progress: bool,

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from m3bert.core.io import read_json
+from m3bert.evaluate.analysis import PAPER_RHO, demo_rho_rows
 from m3bert.evaluate.report import Figure, Section, Table, figure_png, summary_lines
 
 MASKING_POLICIES = ("cfm", "ccm", "pm", "cfm+ccm")  # the paper's Table 5 rows
@@ -138,9 +140,60 @@ def report_sections(cfg: Any, out: Path, results: dict[str, Any], stages: dict[s
             text="Task score (primary metric) of the probe on each representation. 'within noise' = the 95 % CIs "
                  "overlap. Held-out tasks show whether multi-task enrichment generalises beyond its own tasks.",
             table=Table(headers=["task", "role", "M2BERT", "M3BERT", "M3 - M2", "verdict"], rows=rows)))
+    analyses = load_analyses(out)
+    if analyses:
+        sections.append(interpretability_section(cfg, out, analyses))
     if ablation is not None:
         sections.append(ablation_section(cfg, ablation))
     return sections
+
+
+ANALYSED = (("M2BERT", "m2bert"), ("M3BERT", "m3bert"))  # report name, folder under OUT/analysis
+
+
+def load_analyses(out: Path) -> dict[str, dict[str, Any]]:
+    """``OUT/analysis/<model>/analysis.json`` of the analysis stage, by report name (empty if none ran)."""
+    found = {}
+    for name, folder in ANALYSED:
+        path = out / "analysis" / folder / "analysis.json"
+        if path.is_file():
+            found[name] = read_json(path)
+    return found
+
+
+def interpretability_section(cfg: Any, out: Path, analyses: dict[str, dict[str, Any]]) -> Any:
+    """The paper's correlational analysis on the demo models: the rho table and the figures."""
+    headers, rows = demo_rho_rows(analyses)
+    first = next(iter(analyses.values()))
+    task, inp = first["inputs"]["task"], first["inputs"]
+    figs = []
+    for name, folder in ANALYSED:
+        if name not in analyses:
+            continue
+        for fname, what in (("heatmap_abs_r.png", "best |r| per layer and descriptor (model, random twin, difference)"),
+                            ("scatter_best_units.png", "best unit vs spectral centroid and harmonicity (paper Figs. 5-6)")):
+            path = out / "analysis" / folder / fname
+            if path.is_file():
+                figs.append(Figure(caption=f"{name}: {what}.", png=path.read_bytes()))
+    path = out / "analysis" / "m3bert" / "heatmap_probe_r2.png"
+    if path.is_file():
+        figs.append(Figure(caption="M3BERT: linear-probe R^2 per layer and descriptor (held-out clips).", png=path.read_bytes()))
+    path = out / "analysis" / "m3bert" / "tsne.png"
+    if path.is_file():
+        figs.append(Figure(caption=f"M3BERT and its random twin: t-SNE of clip embeddings, coloured by {task['task']}.",
+                           png=path.read_bytes()))
+    text = (f"`m3bert analyze` of each model over {inp['n_done']} clips of the test split of `{task['task']}` "
+            f"({sum(inp['n_frames'].values())} frames; f0 {'included' if cfg.analysis_f0 else 'skipped (pYIN is slow)'}). "
+            f"Cells: the best unit's |r| over all layers with its Bonferroni-corrected 95 % lower bound in brackets "
+            f"(* = bound > {first['config']['threshold']}: encoded), the best |r| of a random-init twin of the same "
+            "architecture (so 'encoded' can be read as 'more than a random network'), and the best linear-probe R^2 "
+            f"on held-out clips. The paper reports single units at Pearson's rho = {PAPER_RHO['centroid']} (spectral "
+            f"centroid) and {PAPER_RHO['harmonicity']} (harmonicity) for M3BERT-Small after 200k steps on 4,283 hours; "
+            f"these models are a `{cfg.model}` trained for minutes on synthetic audio, and M3BERT's encoder layers are "
+            "M2BERT's (frozen enrichment), so the two differ only in the enrichment layer. Full reports: "
+            "`analysis/m2bert/report.html`, `analysis/m3bert/report.html`.")
+    return Section(title="Interpretability: units vs audio descriptors (paper Figs. 5-6)", text=text,
+                   table=Table(headers=headers, rows=rows), figures=figs)
 
 
 def ablation_section(cfg: Any, ablation: dict[str, Any]) -> Any:
@@ -186,6 +239,19 @@ def terminal_summary(cfg: Any, results: dict[str, Any], stages: dict[str, dict[s
         lines.append("Masking ablation (mean score over tasks and seeds):")
         for row in sec.table.rows:
             lines.append(f"  {row[0]:<8s} {row[-1]}")
+    analyses = load_analyses(out)
+    if analyses:
+        lines.append("")
+        lines.append(f"Interpretability: best |r| of any unit (random twin) vs the paper's rho "
+                     f"(centroid {PAPER_RHO['centroid']}, harmonicity {PAPER_RHO['harmonicity']}):")
+        for name, res in analyses.items():
+            best, twin = res["models"]["model"]["best"], res["models"].get("random", {}).get("best", {})
+            cells = []
+            for g in ("centroid", "harmonicity"):
+                if g in best:
+                    r, t = best[g]["abs_r"], (twin.get(g) or {}).get("abs_r")
+                    cells.append(f"{g} {r if r is None else round(r, 3)} ({t if t is None else round(t, 3)})")
+            lines.append(f"  {name:<7s} " + ", ".join(cells))
     lines.append("")
     timing = ", ".join(f"{k} {v.get('seconds', 0):.0f}s" for k, v in stages.items())
     lines.append(f"total wall time of this invocation: {total_s / 60:.1f} min (stages when run: {timing})")
