@@ -127,3 +127,20 @@ def test_the_structure_tests_can_fail(tmp_path, monkeypatch):
                 check()
     finally:
         globals()["PKG"], globals()["ROOT"] = saved, saved_root
+
+
+def test_no_function_calls_its_own_bool_flag():
+    """A parameter `progress: bool` once shadowed the imported `progress()` bar and crashed every
+    progress-on run (the tests run with progress off); a call to a bool-annotated parameter is that bug."""
+    bad = []
+    for path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = fn.args.args + fn.args.kwonlyargs + fn.args.posonlyargs
+            flags = {a.arg for a in args if a.annotation is not None and ast.unparse(a.annotation) == "bool"}
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in flags:
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno} calls its bool parameter {node.func.id!r}")
+    assert not bad, "\n".join(bad)

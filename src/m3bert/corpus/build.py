@@ -32,6 +32,7 @@ import soundfile as sf
 
 from m3bert.core.errors import DataError
 from m3bert.core.io import atomic_path, atomic_write_json, atomic_write_text, config_hash, read_json, versions
+from m3bert.core.progress import progress as progress_bar
 from m3bert.corpus import scores as sc
 from m3bert.corpus.layout import FORMAT, FORMAT_VERSION, SPLITS, TASK_LABELS, pitch_name, row_has_label, task_classes
 from m3bert.corpus.plan import CorpusPreset, clip_row, get_preset, perform, plan_corpus
@@ -139,7 +140,7 @@ def build_corpus(preset: str | CorpusPreset, out: str | os.PathLike, *, seed: in
     bar = None
     if progress:
 
-        bar = progress(total=len(specs), initial=len(specs) - len(todo), desc=f"corpus {preset.name} ({name})", unit="clip")
+        bar = progress_bar(total=len(specs), initial=len(specs) - len(todo), desc=f"corpus {preset.name} ({name})", unit="clip")
     with open(journal_path, "a", encoding="utf-8") as journal:
         def consume(records: list[dict[str, Any]]) -> None:
             nonlocal n_rendered

@@ -76,6 +76,7 @@ import torch
 
 from m3bert.audio import resample, validate_waveform
 from m3bert.core.errors import AudioError, CheckpointError, ConfigError, M3bertError
+from m3bert.core.progress import progress as progress_bar
 from m3bert.embed.incremental import Pooling, WindowStream, seam
 from m3bert.features.memo import FeatureMemo
 from m3bert.features.stream import BlockFeatures, StreamMismatch, array_chunks, can_stream, open_file, stream_samples
@@ -394,7 +395,7 @@ class Embedder:
         bar = None
         if progress:
 
-            bar = progress(total=len(items), desc="embed", unit="file")
+            bar = progress_bar(total=len(items), desc="embed", unit="file")
         run = (idx, squeeze, level, pool, int(batch_size), errors)
         try:
             pending: list[Prepared] = []

@@ -28,6 +28,7 @@ import numpy as np
 
 from m3bert.core.errors import DataError
 from m3bert.core.io import atomic_save_npy, atomic_write_json, config_hash, read_json, versions
+from m3bert.core.progress import progress as progress_bar
 from m3bert.evaluate.representations import Representation
 from m3bert.tasks.registry import Clip
 
@@ -111,7 +112,7 @@ class FeatureCache:
         parts.mkdir(parents=True, exist_ok=True)
         blocks, failures, names = [], [], rep.layer_names
         n_done = 0
-        bar = progress(total=len(clips), desc=f"features {rep.name} / {task}", unit="clip", leave=False) if progress else None
+        bar = progress_bar(total=len(clips), desc=f"features {rep.name} / {task}", unit="clip", leave=False) if progress else None
         for p, start in enumerate(range(0, len(clips), PART_SIZE)):
             chunk = clips[start:start + PART_SIZE]
             part_npy, part_json = parts / f"part-{p:05d}.npy", parts / f"part-{p:05d}.json"

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from m3bert.core.errors import ConfigError, DataError
 from m3bert.core.numeric import standardisation
+from m3bert.core.progress import progress as progress_bar
 
 MARBLE_LRS = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2)
 LAYER_CHOICES = ("each+weighted", "each", "weighted", "last")
@@ -415,7 +416,7 @@ def fit_grid(x_train: np.ndarray, y_train: np.ndarray, *, label_type: str, n_out
 
     bar = None
     if progress:
-        bar = progress(total=config.max_epochs, desc=f"probe grid ({G})", leave=False, unit="epoch")
+        bar = progress_bar(total=config.max_epochs, desc=f"probe grid ({G})", leave=False, unit="epoch")
     for epoch in range(1, config.max_epochs + 1):
         perm = torch.randperm(n_train, generator=order_gen)
         live_gens = [dropout_gens[int(i)] for i in active]

@@ -33,6 +33,7 @@ import torch
 from m3bert.audio import load_audio
 from m3bert.core.errors import ConfigError, DataError, M3bertError
 from m3bert.core.io import file_sha1
+from m3bert.core.progress import progress as progress_bar
 from m3bert.embed import Embedder, load_model
 from m3bert.embed.folder import EmbeddingsFolder
 from m3bert.features.memo import FeatureMemo
@@ -122,7 +123,7 @@ class Representation:
         """``(n_clips, n_layers, D)`` float32; failed rows are NaN when ``on_error`` is given."""
         self.check_pooling(pooling)
         rows: list[np.ndarray | None] = []
-        it = progress(clips, desc=f"embed {self.name}", unit="clip", leave=False) if progress else clips
+        it = progress_bar(clips, desc=f"embed {self.name}", unit="clip", leave=False) if progress else clips
         for clip in it:
             try:
                 rows.append(np.asarray(self.embed_clip(clip, pooling=pooling), dtype=np.float32))
@@ -213,7 +214,7 @@ class ModelRepresentation(Representation):
         self.check_pooling(pooling)
         sr = int(self.embedder.sample_rate)
         rows: list[np.ndarray | None] = [None] * len(clips)
-        bar = progress(total=len(clips), desc=f"embed {self.name}", unit="clip", leave=False) if progress else None
+        bar = progress_bar(total=len(clips), desc=f"embed {self.name}", unit="clip", leave=False) if progress else None
         step = max(1, self.batch_size)
         for start in range(0, len(clips), step):
             batch = list(range(start, min(len(clips), start + step)))

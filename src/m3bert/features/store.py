@@ -69,7 +69,7 @@ import torch
 from m3bert.audio import AUDIO_EXTENSIONS, AudioChunks, find_audio_files
 from m3bert.core.errors import AudioError, ConfigError, DataError, M3bertError
 from m3bert.core.io import atomic_path, atomic_write_json, exclusive_lock, file_sha1, read_json, versions
-from m3bert.core.progress import progress
+from m3bert.core.progress import progress as progress_bar
 from m3bert.features.normalize import CmvnAccumulator
 from m3bert.features.pool import run_tasks
 from m3bert.features.spec import feature_set_from_dict
@@ -446,7 +446,7 @@ def _header_identity(h: dict[str, Any]) -> tuple:
 
 def _progress(total: int, enabled: bool):
 
-    return progress(total=total, unit="file", desc="features", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(total=total, unit="file", desc="features", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
 def _remove_debris(shard_dir: Path) -> None:

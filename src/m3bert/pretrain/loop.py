@@ -40,6 +40,7 @@ from torch import nn
 from m3bert.core.config import Overrides, apply_overrides, bounded, from_dict, load_config, load_yaml, parse_override, to_dict
 from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_write_json, atomic_write_text, config_hash, read_json, versions
+from m3bert.core.progress import progress as progress_bar
 from m3bert.features.store import FeatureStore
 from m3bert.models.encoder import Encoder, EncoderConfig
 from m3bert.models.hub import weights_digest
@@ -412,7 +413,7 @@ def pretrain(
         end = total if stop_after is None else min(total, start + int(stop_after))
         bar = None
         if progress and dist.is_main:
-            bar = progress(total=total, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
+            bar = progress_bar(total=total, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
         module.train()
         t0, frames_done, last_val, rate = time.perf_counter(), 0, {}, 0.0
         window: list[dict[str, float]] = []
