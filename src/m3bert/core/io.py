@@ -279,3 +279,23 @@ def exclusive_lock(lock: str | os.PathLike, *, what: str) -> Iterator[None]:
         yield
     finally:
         fh.close()
+
+
+def read_jsonl(path: str | os.PathLike, *, example: str = "{...}") -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-empty line of a JSON-lines file.
+
+    A line that is not JSON, or not a JSON object, is a :class:`JSONFileError` naming the file and
+    line (``example`` shows the expected shape). The one JSONL reader for label and metadata files.
+    """
+    path = Path(path)
+    with open(path, "r", encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JSONFileError(f"{path}:{line_no}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise JSONFileError(f"{path}:{line_no}: a JSON {type(row).__name__}, expected an object like {example}")
+            yield line_no, row

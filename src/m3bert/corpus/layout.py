@@ -12,13 +12,12 @@ Readers (``m3bert.tasks.builtin``) and the builder (``m3bert.corpus.build``) bot
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from m3bert.core.errors import DataError
-from m3bert.core.io import read_json
+from m3bert.core.io import read_json, read_jsonl
 from m3bert.corpus import scores as sc
 
 FORMAT = "m3bert-builtin-corpus"
@@ -90,25 +89,16 @@ def read_metadata(root: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{path} does not exist; expected a corpus folder built by 'm3bert corpus build'")
     rows = []
-    with open(path, "r", encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{i}: not valid JSON ({exc})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
-            for key in ("clip_id", "path", "split", "group"):
-                if key not in row:
-                    raise DataError(f"{path}:{i}: missing field {key!r}")
-            for key, kinds in FIELD_TYPES.items():
-                value = row.get(key)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-                    expected = " or ".join(k.__name__ for k in kinds)
-                    raise DataError(f"{path}:{i}: field {key!r} = {value!r}; expected {expected} (or null)")
-            rows.append(row)
+    for i, row in read_jsonl(path, example='{"clip_id": ..., "path": ..., "split": ..., "group": ...}'):
+        for key in ("clip_id", "path", "split", "group"):
+            if key not in row:
+                raise DataError(f"{path}:{i}: missing field {key!r}")
+        for key, kinds in FIELD_TYPES.items():
+            value = row.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                expected = " or ".join(k.__name__ for k in kinds)
+                raise DataError(f"{path}:{i}: field {key!r} = {value!r}; expected {expected} (or null)")
+        rows.append(row)
     return rows
 
 

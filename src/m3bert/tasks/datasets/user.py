@@ -58,7 +58,6 @@ Metrics are those of the label type (:data:`~m3bert.tasks.registry.DEFAULT_METRI
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -68,6 +67,7 @@ import numpy as np
 
 from m3bert.audio import AUDIO_EXTENSIONS
 from m3bert.core.errors import ConfigError, DataError
+from m3bert.core.io import read_jsonl
 from m3bert.tasks.datasets._common import AudioChecker, label_path, multi_hot, read_csv_rows, split_groups
 from m3bert.tasks.registry import (
     AUTO,
@@ -207,19 +207,9 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]
         raise DataError(f"csv task: label file {path} does not exist")
     if suffix == ".jsonl":
         rows, columns = [], {}
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{line_no}: not valid JSON ({exc})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{line_no}: a JSON {type(row).__name__}, expected an object like "
-                                    '{"path": "a.wav", "label": "rock"}')
-                columns.update(dict.fromkeys(row))
-                rows.append((line_no, row))
+        for line_no, row in read_jsonl(path, example='{"path": "a.wav", "label": "rock"}'):
+            columns.update(dict.fromkeys(row))
+            rows.append((line_no, row))
         if not rows:
             raise DataError(f"{path}: no rows; expected one JSON object per line with at least 'path'")
         return list(columns), rows
