@@ -31,11 +31,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from m3bert.core.config import from_dict
 from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_write_json, read_json, versions
+from m3bert.core.progress import progress as progress_bar
 from m3bert.enrich.config import EnrichConfig, upgrade_config_dict
 from m3bert.enrich.heads import (
     HEADS_CONFIG,
@@ -302,7 +302,7 @@ def _train(config: EnrichConfig, *, model: str | Path | ModelBase, tasks: Sequen
             state.acc = _new_acc(tasks_info)
         acc = state.acc
         set_train_mode(net, heads, config.scenario)
-        bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, disable=not progress, leave=False,
+        bar = progress_bar(total=steps_per_epoch, initial=state.step_in_epoch, disable=not progress, leave=False,
                    desc=f"{state.phase} epoch {epoch + 1}/{epochs_in_phase}", unit="step")
         while state.step_in_epoch < steps_per_epoch:
             b = state.step_in_epoch

@@ -28,12 +28,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from m3bert.audio import load_audio
 from m3bert.core.config import Overrides, apply_overrides, from_dict, load_yaml, to_dict
 from m3bert.core.errors import ConfigError, DataError, M3bertError
 from m3bert.core.io import atomic_save_npy, atomic_write_json, config_hash, read_json
+from m3bert.core.progress import progress as progress_bar
 from m3bert.enrich.config import EnrichConfig
 from m3bert.enrich.factors import factor_names, fit_factorizer
 from m3bert.enrich.heads import MultiTaskHeads, TaskInfo, distribution_loss, task_weighting
@@ -136,7 +136,7 @@ def prepare_multisource_data(tasks: Sequence[Any], base: Any, cfg: EnrichConfig,
     index: dict[str, Any] = read_json(index_path) if index_path.is_file() else {}
     kept, rejects, arrays, n_frames = [], [], [], []
     dirty = 0
-    for s in tqdm(samples, desc="caching frames", disable=not progress, unit="clip", leave=False):
+    for s in progress_bar(samples, desc="caching frames", disable=not progress, unit="clip", leave=False):
         try:
             st = s.path.stat()
             entry = config_hash([s.key, st.st_size, st.st_mtime_ns], n_chars=20)

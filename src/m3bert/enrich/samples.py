@@ -24,12 +24,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from m3bert.audio import load_audio
 from m3bert.core.errors import ConfigError, DataError, M3bertError
 from m3bert.core.io import atomic_save_npy, atomic_write_json, config_hash, read_json
 from m3bert.core.numeric import standardisation
+from m3bert.core.progress import progress as progress_bar
 from m3bert.embed import Embedder
 from m3bert.enrich.heads import TaskInfo
 from m3bert.models.encoder import Encoder
@@ -229,7 +229,7 @@ def prepare_data(
     kept: list[Sample] = []
     rejects: list[dict[str, str]] = []
     arrays, starts, n_frames = [], [], []
-    bar = tqdm(samples, desc=f"caching {'hidden states' if kind == 'hidden' else 'features'}", disable=not progress,
+    bar = progress_bar(samples, desc=f"caching {'hidden states' if kind == 'hidden' else 'features'}", disable=not progress,
                unit="clip", leave=False)
     dirty = 0
     for s in bar:
