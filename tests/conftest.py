@@ -40,3 +40,33 @@ def tiny_corpus(tmp_path_factory):
     renderer = os.environ.get("M3BERT_TEST_RENDERER", "auto")
     build_corpus("tiny", out, seed=0, renderer=renderer, progress=False)
     return out
+
+
+def make_song(seed: int, seconds: float, sample_rate: int = 44100) -> np.ndarray:
+    """A little melody of harmonic notes (a different key per song) over a noise floor."""
+    r = np.random.default_rng(seed)
+    n = int(seconds * sample_rate)
+    x = np.zeros(n)
+    root = 110 * 2 ** (r.integers(0, 12) / 12)
+    pos = 0
+    while pos < n:
+        seg = np.arange(min(int(sample_rate * r.choice([0.25, 0.5])), n - pos)) / sample_rate
+        f = root * 2 ** (r.choice([0, 2, 4, 5, 7, 9, 11, 12]) / 12)
+        x[pos : pos + len(seg)] = np.exp(-3 * seg) * sum(0.3 / k * np.sin(2 * np.pi * f * k * seg) for k in range(1, 5))
+        pos += len(seg)
+    x += 0.02 * r.standard_normal(n)
+    return (0.8 * x / np.abs(x).max()).astype(np.float32)
+
+
+def make_song_store(root, *, n_songs: int, seconds: float):
+    """``n_songs`` songs written under ``root/audio`` and extracted into ``root/store``; returns the store path."""
+    import soundfile as sf
+
+    from m3bert.features import get_feature_set
+    from m3bert.features.store import extract_to_store
+
+    (root / "audio").mkdir()
+    for i in range(n_songs):
+        sf.write(root / "audio" / f"song{i}.wav", make_song(i, seconds), 44100)
+    extract_to_store(root / "audio", root / "store", feature_set=get_feature_set("m3bert324"), progress=False)
+    return root / "store"

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_song, make_song_store
 from safetensors.torch import load_file
 
 from m3bert.core.errors import CheckpointError, ConfigError, TrainingError
@@ -34,35 +35,12 @@ TINY = ROOT / "configs" / "m2bert-tiny.yaml"
 N_SONGS, SECONDS = 6, 4.0
 
 
-def _song(seed: int, seconds: float, sample_rate: int = 44100) -> np.ndarray:
-    """A little melody of harmonic notes (different key per song) plus a noise floor."""
-    r = np.random.default_rng(seed)
-    n = int(seconds * sample_rate)
-    x = np.zeros(n)
-    root = 110 * 2 ** (r.integers(0, 12) / 12)
-    pos = 0
-    while pos < n:
-        seg = np.arange(min(int(sample_rate * r.choice([0.25, 0.5])), n - pos)) / sample_rate
-        f = root * 2 ** (r.choice([0, 2, 4, 5, 7, 9, 11, 12]) / 12)
-        x[pos : pos + len(seg)] = np.exp(-3 * seg) * sum(0.3 / k * np.sin(2 * np.pi * f * k * seg) for k in range(1, 5))
-        pos += len(seg)
-    x += 0.02 * r.standard_normal(n)
-    return (0.8 * x / np.abs(x).max()).astype(np.float32)
+_song = make_song
 
 
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory):
-    import soundfile as sf
-
-    from m3bert.features import get_feature_set
-    from m3bert.features.store import extract_to_store
-
-    root = tmp_path_factory.mktemp("pretrain_store")
-    (root / "audio").mkdir()
-    for i in range(N_SONGS):
-        sf.write(root / "audio" / f"song{i}.wav", _song(i, SECONDS), 44100)
-    extract_to_store(root / "audio", root / "store", feature_set=get_feature_set("m3bert324"), progress=False)
-    return root / "store"
+    return make_song_store(tmp_path_factory.mktemp("pretrain_store"), n_songs=N_SONGS, seconds=SECONDS)
 
 
 @pytest.fixture(scope="module")
