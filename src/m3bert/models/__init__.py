@@ -5,6 +5,7 @@ Importing the package registers every architecture and named config.
 """
 
 from m3bert.models import kim as _kim  # noqa: F401  (registers "kim-cnn" and its named configs)
+from m3bert.models import pase as _pase  # noqa: F401  (registers "pase", "pase+" and their named configs)
 from m3bert.models.base import ARCHITECTURES, ModelBase, load_model_dir  # noqa: F401
 from m3bert.models.encoder import (  # noqa: F401
     Encoder,

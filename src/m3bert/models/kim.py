@@ -66,6 +66,7 @@ from torch import nn
 from m3bert.core.config import bounded, from_dict
 from m3bert.core.errors import ConfigError
 from m3bert.models.base import ModelBase, register_architecture, register_model_config
+from m3bert.models.layers import MaskedBatchNorm2d
 
 N_STAGES = 7  # conv1, conv2, conv3, conv4, conv5, conv6 block (+ GAP), fc-feature
 
@@ -143,24 +144,6 @@ class KimConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "KimConfig":
         return from_dict(cls, data, where="model")
-
-
-class MaskedBatchNorm2d(nn.BatchNorm2d):
-    """``BatchNorm2d`` whose training statistics skip padded time steps (``valid (B, T)``)."""
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if valid is None or not self.training or bool(valid.all()):
-            return super().forward(x)
-        m = valid[:, None, :, None].to(x.dtype)
-        n = m.sum() * x.shape[-1]
-        mean = (x * m).sum((0, 2, 3)) / n
-        var = ((x - mean[None, :, None, None]).square() * m).sum((0, 2, 3)) / n
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
-            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / max(float(n) - 1, 1.0))
-        y = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
-        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
 
 
 def _time_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
