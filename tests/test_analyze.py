@@ -10,6 +10,7 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import make_test_signal
 from scipy import stats as sstats
 
@@ -17,7 +18,8 @@ from m3bert.app.cli import main
 from m3bert.core.errors import ConfigError, DataError
 from m3bert.evaluate.analysis import AnalysisConfig, run_analysis
 from m3bert.evaluate.analysis.run import validity
-from m3bert.evaluate.analysis.source import items_from_audio, items_from_task
+from m3bert.embed import load_model
+from m3bert.evaluate.analysis.source import items_from_audio, items_from_task, random_twin
 from m3bert.evaluate.analysis.stats import Reservoir, Sums, fisher_bound, frame_keys, pearson, ridge_probe, spearman
 from m3bert.features import get_feature_set
 
@@ -297,3 +299,15 @@ def test_cli_on_a_random_model(tmp_path, capsys):
     rc = main(["analyze", "random:m2bert-tiny", str(tmp_path / "missing"), "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and err[0].startswith("m3bert analyze: error:") and "missing" in err[0]
+
+
+@pytest.mark.parametrize("name", ["pase+-tiny", "kim-cnn-tiny"])
+def test_random_twin_keeps_the_architecture(name):
+    """The random twin of a non-M2BERT model is built by its own architecture (it once was always an M2BERT)."""
+    from_embed = load_model(f"random:{name}")
+    twin = random_twin(from_embed, seed=3)
+    assert type(twin.encoder) is type(from_embed.encoder)
+    assert twin.encoder.layer_dims == from_embed.encoder.layer_dims
+    first = [p.detach().clone() for p in twin.encoder.parameters()]
+    again = random_twin(from_embed, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(first, again.encoder.parameters()))

@@ -24,7 +24,6 @@ from m3bert.core.errors import ConfigError, DataError
 from m3bert.embed import Embedder
 from m3bert.features import get_feature_set
 from m3bert.features.memo import FeatureMemo
-from m3bert.models.encoder import Encoder
 from m3bert.tasks import SPLITS, Clip, load_task, parse_task_spec
 
 
@@ -186,7 +185,7 @@ def random_twin(embedder: Embedder, *, seed: int, memo: FeatureMemo | None = Non
     enc = embedder.encoder
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        twin = Encoder(enc.cfg, feature_config=enc.feature_config)
+        twin = type(enc)(enc.cfg, feature_config=enc.feature_config)  # any architecture, not only m2bert
     twin.eval().requires_grad_(False)
     return Embedder(twin, feature_set=embedder.feature_set, device=embedder.device, dtype=embedder.dtype,
                     window_frames=embedder.window_frames, hop_frames=embedder.hop_frames,
