@@ -14,6 +14,9 @@ two processes with micro-batch 4 see exactly what one process with 2 x 4 accumul
 Discrete targets (MERT / HuBERT): given ``targets`` (readers with ``get(i) -> (n_frames_i,)``
 class ids, :class:`m3bert.pretrain.targets.ClusterTargets`), every batch carries the ids of the
 very frames it cropped, ``Batch.targets`` ``(n_codebooks, batch, frames)`` int64, ``-1`` on padding.
+Float targets (Wu et al.'s worker features, :class:`m3bert.pretrain.worker_targets.WorkerTargets`,
+whose ``get(i)`` is a ``{name: (n_frames_i, C)}`` mapping) travel the same way in ``Batch.features``
+``{name: (batch, frames, C)}`` float32, zero on padding.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Batch:
     keys: list[tuple[int, ...]]  # per-row seed key, e.g. (seed, SAMPLE, k): a pure function of the sample
     indices: list[int]  # store chunk index of every row
     targets: torch.Tensor | None = None  # (n_codebooks, batch, frames) int64 class ids of the cropped frames; -1 = padding
+    features: dict[str, torch.Tensor] | None = None  # {name: (batch, frames, C)} float32 targets of the cropped frames; 0 = padding
 
     @property
     def n_real_frames(self) -> int:
@@ -50,7 +54,8 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(self.frames.to(device, non_blocking=True), self.lengths.to(device), self.keys, self.indices,
-                     None if self.targets is None else self.targets.to(device))
+                     None if self.targets is None else self.targets.to(device),
+                     None if self.features is None else {k: v.to(device) for k, v in self.features.items()})
 
 
 def store_groups(store: Any) -> list[list[int]]:
@@ -108,22 +113,29 @@ def crop(frames: np.ndarray, *, max_frames: int, rng: np.random.Generator) -> np
 
 
 def load_cropped(store: Any, targets: Sequence[Any], chunk: int, *, max_frames: int, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Chunk ``chunk`` of the store cropped to ``max_frames``, and the same frames' ids of each target set."""
+                 ) -> tuple[np.ndarray, list[Any]]:
+    """Chunk ``chunk`` of the store cropped to ``max_frames``, and the same frames' targets of each
+    target set: class ids ``(n,)``, or a ``{name: (n, C)}`` mapping of float targets."""
     frames = np.asarray(store.get(chunk), dtype=np.float32)
     start = crop_start(frames.shape[0], max_frames=max_frames, rng=rng)
-    ids = []
+    ids: list[Any] = []
     for t in targets:
         full = t.get(chunk)
-        if full.shape[0] != frames.shape[0]:
-            raise DataError(f"targets {getattr(t, 'path', t)}: chunk {chunk} has {full.shape[0]} class ids for "
-                            f"{frames.shape[0]} store frames; rebuild the targets for this store")
-        ids.append(full[start : start + max_frames])
+        parts = full if isinstance(full, dict) else {None: full}
+        for name, x in parts.items():
+            if x.shape[0] != frames.shape[0]:
+                what = "class ids" if name is None else f"rows of {name!r}"
+                raise DataError(f"targets {getattr(t, 'path', t)}: chunk {chunk} has {x.shape[0]} {what} for "
+                                f"{frames.shape[0]} store frames; rebuild the targets for this store")
+        ids.append({k: x[start : start + max_frames] for k, x in full.items()} if isinstance(full, dict)
+                   else full[start : start + max_frames])
     return frames[start : start + max_frames], ids
 
 
-def collate_targets(ids: Sequence[Sequence[np.ndarray]], n_frames: int) -> torch.Tensor | None:
-    """``ids[row][codebook]`` -> ``(n_codebooks, batch, n_frames)`` int64, ``-1`` after each row's length."""
+def collate_targets(ids: Sequence[Sequence[Any]], n_frames: int) -> torch.Tensor | None:
+    """``ids[row][codebook]`` -> ``(n_codebooks, batch, n_frames)`` int64, ``-1`` after each row's length
+    (float target mappings in the rows are left to :func:`collate_features`)."""
+    ids = [[x for x in row if not isinstance(x, dict)] for row in ids]
     if not ids or not ids[0]:
         return None
     out = np.full((len(ids[0]), len(ids), n_frames), -1, dtype=np.int64)
@@ -131,6 +143,18 @@ def collate_targets(ids: Sequence[Sequence[np.ndarray]], n_frames: int) -> torch
         for c, x in enumerate(row):
             out[c, b, : x.shape[0]] = x
     return torch.from_numpy(out)
+
+
+def collate_features(rows: Sequence[Sequence[Any]], n_frames: int) -> dict[str, torch.Tensor] | None:
+    """The float target mappings of each row -> ``{name: (batch, n_frames, C)}`` float32, 0 after each row's length."""
+    maps = [{k: v for x in row if isinstance(x, dict) for k, v in x.items()} for row in rows]
+    if not maps or not maps[0]:
+        return None
+    out = {k: np.zeros((len(maps), n_frames, v.shape[1]), dtype=np.float32) for k, v in maps[0].items()}
+    for b, m in enumerate(maps):
+        for k, x in m.items():
+            out[k][b, : x.shape[0]] = x
+    return {k: torch.from_numpy(v) for k, v in out.items()}
 
 
 def collate(chunks: Sequence[np.ndarray], *, where: str = "batch") -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,7 +223,7 @@ class TrainBatches:
             keys.append(key)
             idx.append(chunk)
         frames, lengths = collate(chunks, where=f"training step {step}")
-        return Batch(frames, lengths, keys, idx, collate_targets(ids, frames.shape[1]))
+        return Batch(frames, lengths, keys, idx, collate_targets(ids, frames.shape[1]), collate_features(ids, frames.shape[1]))
 
 
 def validation_batches(
@@ -218,4 +242,5 @@ def validation_batches(
             ids.append(row_ids)
             keys.append(key)
         frames, lengths = collate(chunks, where="validation")
-        yield Batch(frames, lengths, keys, mine[start : start + batch_size], collate_targets(ids, frames.shape[1]))
+        yield Batch(frames, lengths, keys, mine[start : start + batch_size], collate_targets(ids, frames.shape[1]),
+                    collate_features(ids, frames.shape[1]))

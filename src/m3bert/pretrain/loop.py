@@ -1,5 +1,5 @@
-"""Pre-training over a feature store (M2BERT masked reconstruction, MERT masked prediction, any
-registered objective), with exact resume and DDP.
+"""Pre-training over a feature store (M2BERT masked reconstruction, MERT masked prediction, Wu et
+al.'s workers, any registered objective) of any registered architecture, with exact resume and DDP.
 
     cfg = load_pretrain_config("configs/m2bert-small.yaml", overrides=["optim.lr=1e-4"])
     summary = pretrain(cfg, store="STORE", out="RUN")
@@ -16,7 +16,7 @@ Data parallel: launched by ``torchrun``, every rank builds the same model (same 
 its own slice of each global batch (rank-major), and DDP averages gradients; rank 0 alone
 writes the run directory. The effective batch ``data.effective_batch`` is fixed by the
 config and split as ``batch_size x accumulation x world_size``, so the samples of a step do
-not depend on how many processes run it.
+not depend on how many processes run it. Buffers (batch-norm statistics) are rank 0's everywhere.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from m3bert.core.errors import CheckpointError, ConfigError
 from m3bert.core.io import atomic_write_json, atomic_write_text, config_hash, read_json, versions
 from m3bert.core.progress import progress as progress_bar
 from m3bert.features.store import FeatureStore
-from m3bert.models.encoder import Encoder, EncoderConfig
+from m3bert.models.base import DEFAULT_ARCHITECTURE, get_architecture
+from m3bert.models.encoder import EncoderConfig
 from m3bert.models.hub import weights_digest
 from m3bert.pretrain.data import TrainBatches, split_by_group, store_groups, validation_batches
 from m3bert.pretrain.masking import MaskingConfig
@@ -92,7 +93,8 @@ class PretrainConfig:
     """Everything a pre-training run needs besides the feature store."""
 
     seed: int = bounded(0, ge=0)  # the one seed every random choice derives from
-    model: EncoderConfig = field(default_factory=EncoderConfig)  # architecture (n_input comes from the store)
+    architecture: str = DEFAULT_ARCHITECTURE  # registered encoder family (models.base): m2bert | pase | pase+ | ...
+    model: Any = field(default_factory=EncoderConfig)  # the architecture's config (n_input comes from the store)
     masking: MaskingConfig = field(default_factory=MaskingConfig)  # input corruption (paper's best: cfm+ccm)
     objective: dict[str, Any] = field(default_factory=lambda: {"name": "reconstruction"})  # registered objective + its settings
     data: DataConfig = field(default_factory=DataConfig)  # batching and validation split
@@ -101,6 +103,10 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # run length, precision, logging, checkpoints
 
     def __post_init__(self) -> None:
+        config_cls = get_architecture(self.architecture).config_cls
+        self.model = config_cls.from_dict(self.model) if isinstance(self.model, dict) else self.model
+        if not isinstance(self.model, config_cls):
+            raise ConfigError(f"model: a {type(self.model).__name__}, expected the settings of architecture {self.architecture!r}")
         self.objective = dataclasses.asdict(objective_config(self.objective))
         if self.train.precision not in PRECISIONS:
             raise ConfigError(f"train.precision={self.train.precision!r}; expected one of {PRECISIONS}")
@@ -109,7 +115,7 @@ class PretrainConfig:
         for name in ("steps", "log_every", "eval_every", "save_every"):
             if int(getattr(self.train, name)) < 1:
                 raise ConfigError(f"train.{name}={getattr(self.train, name)!r}; expected a positive integer")
-        if self.data.max_frames < 1 or self.data.max_frames > self.model.max_frames:
+        if self.data.max_frames < 1 or self.data.max_frames > getattr(self.model, "max_frames", math.inf):
             raise ConfigError(f"data.max_frames={self.data.max_frames}; expected 1..model.max_frames={self.model.max_frames}")
         if self.data.batch_size < 1 or self.data.effective_batch < 1:
             raise ConfigError(f"data.batch_size={self.data.batch_size}, data.effective_batch="
@@ -122,10 +128,8 @@ class PretrainConfig:
         """Micro-batches per step so that batch_size x accumulation x world_size = effective_batch."""
         per = self.data.batch_size * world_size
         if self.data.effective_batch % per:
-            raise ConfigError(
-                f"data.effective_batch={self.data.effective_batch} is not a multiple of data.batch_size="
-                f"{self.data.batch_size} x {world_size} process(es); change one of them"
-            )
+            raise ConfigError(f"data.effective_batch={self.data.effective_batch} is not a multiple of data.batch_size="
+                              f"{self.data.batch_size} x {world_size} process(es); change one of them")
         return self.data.effective_batch // per
 
 
@@ -134,31 +138,34 @@ def load_pretrain_config(path: str | Path | None = None, *, overrides: Overrides
 
     An ``objective.name=NAME`` override switches the objective first (to NAME's defaults), so the
     other ``objective.*`` overrides may name NAME's own settings: ``--set objective.name=mert
-    --set objective.targets=TARGETS`` on top of a reconstruction preset.
+    --set objective.targets=TARGETS`` on top of a reconstruction preset; ``architecture=NAME``
+    likewise switches the ``model`` settings to that architecture's defaults.
     """
-    name, rest = _objective_name_override(overrides)
-    if name is None:
+    name, rest = _switch_override(overrides, "objective.name")
+    arch, rest = _switch_override(rest, "architecture")
+    if name is None and arch is None:
         return load_config(PretrainConfig, path, overrides)
     where = str(path) if path is not None else PretrainConfig.__name__
     data = to_dict(from_dict(PretrainConfig, load_yaml(path) if path is not None else {}, where=where))
-    if data["objective"].get("name") != name:
-        data["objective"] = {"name": name}
-    data = to_dict(from_dict(PretrainConfig, data, where=where))
+    if name is not None and data["objective"].get("name") != name:
+        data["objective"] = dataclasses.asdict(objective_config({"name": name}))
+    if arch is not None and data["architecture"] != arch:
+        data["architecture"], data["model"] = arch, to_dict(get_architecture(arch).config_cls.from_dict({}))
     return from_dict(PretrainConfig, apply_overrides(data, rest), where=where)
 
 
-def _objective_name_override(overrides: Overrides) -> tuple[Any, Overrides]:
-    """``(value of the last objective.name override or None, the other overrides)``."""
+def _switch_override(overrides: Overrides, key: str) -> tuple[Any, Overrides]:
+    """``(value of the last ``key`` override or None, the other overrides)``."""
     if overrides is None:
         return None, overrides
     if isinstance(overrides, Mapping):
         items = [(str(k).strip(), v) for k, v in overrides.items()]
-        names = [v for k, v in items if k == "objective.name"]
-        return (names[-1] if names else None), {k: v for k, v in items if k != "objective.name"}
+        names = [v for k, v in items if k == key]
+        return (names[-1] if names else None), {k: v for k, v in items if k != key}
     names, rest = [], []
     for text in overrides:
         parts, value = parse_override(text)
-        if parts == ["objective", "name"]:
+        if parts == key.split("."):
             names.append(value)
         else:
             rest.append(text)
@@ -173,7 +180,7 @@ def _objective_name_override(overrides: Overrides) -> tuple[Any, Overrides]:
 class PretrainModule(nn.Module):
     """Encoder + objective as one module, so DDP sees (and synchronises) every parameter."""
 
-    def __init__(self, encoder: Encoder, objective: Objective) -> None:
+    def __init__(self, encoder: nn.Module, objective: Objective) -> None:
         super().__init__()
         self.encoder, self.objective = encoder, objective
 
@@ -204,7 +211,6 @@ def setup_distributed(device_kind: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
-
     owns = False
     if not dist.is_initialized():
         # A bounded collective timeout turns a lost peer into an error instead of a hang.
@@ -232,10 +238,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 def open_store(store: Any) -> Any:
-    if isinstance(store, (str, Path, list, tuple)):
-
-        return FeatureStore.open(store)
-    return store
+    return FeatureStore.open(store) if isinstance(store, (str, Path, list, tuple)) else store
 
 
 def store_location(store: Any) -> Any:
@@ -251,6 +254,7 @@ def validate(module: PretrainModule, store: Any, indices: np.ndarray, cfg: Pretr
     """The objective's held-out numbers (fixed crops and masks: losses per masking policy, masked
     prediction accuracies, ...), summed over ranks."""
     module.eval()
+    sync_buffers(module, dist)
     sums: dict[str, list[float]] = {}
     batches = validation_batches(store, indices, seed=cfg.seed, batch_size=cfg.data.val_batch_size or cfg.data.batch_size,
                                  max_frames=cfg.data.max_frames, rank=dist.rank, world_size=dist.world_size,
@@ -277,8 +281,16 @@ def _gather_names(sums: dict[str, Any]) -> list[str]:
     return [n for names in out for n in names]
 
 
+def sync_buffers(module: nn.Module, dist: Dist) -> None:
+    """Rank 0's buffers on every rank. DDP broadcasts them before each forward, so only the last
+    forward's own update (batch-norm running statistics) differs: synced to validate and to end."""
+    for b in module.buffers() if dist.world_size > 1 else ():
+        torch.distributed.broadcast(b, src=0)
+
+
 def rank_digests(module: nn.Module, dist: Dist) -> list[str]:
     """Every rank's weight digest (one entry per rank): DDP must leave them identical."""
+    sync_buffers(module, dist)
     mine = weights_digest(module)
     if dist.world_size == 1:
         return [mine]
@@ -292,16 +304,8 @@ def rank_digests(module: nn.Module, dist: Dist) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def pretrain(
-    cfg: PretrainConfig | None,
-    *,
-    store: Any,
-    out: str | Path,
-    resume: bool = False,
-    progress: bool = True,
-    stop_after: int | None = None,
-    resume_overrides: Sequence[str] | None = None,
-) -> dict[str, Any]:
+def pretrain(cfg: PretrainConfig | None, *, store: Any, out: str | Path, resume: bool = False, progress: bool = True,
+             stop_after: int | None = None, resume_overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Pre-train (or, with ``resume=True``, continue) the run in ``out``; returns a summary.
 
     ``store`` is a ``FeatureStore``, a path to one (or ``None`` on resume: the path recorded in
@@ -349,16 +353,18 @@ def pretrain(
         if cfg.data.val_max_chunks and len(val_idx) > cfg.data.val_max_chunks:
             pick = np.random.default_rng([cfg.seed, 0x7A12]).choice(len(val_idx), cfg.data.val_max_chunks, replace=False)
             val_idx = np.sort(val_idx[pick])
-        targets = open_targets(cfg.objective.get("targets") or [], store=store)  # discrete targets (mert)
-        data = TrainBatches(store, train_idx, seed=cfg.seed, micro_batch=cfg.data.batch_size, n_accum=n_accum,
-                            world_size=dist.world_size, max_frames=cfg.data.max_frames, targets=targets)
         resolved = cfg.to_dict()
 
-        # -- model, objective, optimizer ---------------------------------------------------------
+        # -- model, objective, targets, optimizer --------------------------------------------------
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            encoder = Encoder(cfg.model, feature_config=feature_set.to_dict())
-            objective = create_objective(cfg.objective, encoder_cfg=cfg.model, spec=feature_set.spec, masking=cfg.masking)
+            encoder = get_architecture(cfg.architecture).model_cls(cfg.model, feature_config=feature_set.to_dict())
+            objective = create_objective(cfg.objective, encoder_cfg=cfg.model, spec=feature_set.spec, masking=cfg.masking,
+                                         encoder=encoder)
+        # per-frame targets (mert: k-means ids; workers: features), as the objective reads them
+        targets = objective.data_targets(open_targets(cfg.objective.get("targets") or [], store=store))
+        data = TrainBatches(store, train_idx, seed=cfg.seed, micro_batch=cfg.data.batch_size, n_accum=n_accum,
+                            world_size=dist.world_size, max_frames=cfg.data.max_frames, targets=targets)
         module = PretrainModule(encoder, objective).to(device)
         optimizer = make_adam(module.parameters(), cfg.optim)
 
@@ -469,6 +475,8 @@ def pretrain(
         if bar is not None:
             bar.close()
         log.close()
+        if dist.is_main:
+            objective.on_run_end(out)  # e.g. the workers' per-loss figure
         digests = rank_digests(module, dist)
         if len(set(digests)) != 1:
             raise CheckpointError(f"data-parallel ranks ended with different weights (digests {digests}); "

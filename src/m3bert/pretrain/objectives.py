@@ -15,7 +15,8 @@ Registered here: ``reconstruction`` -- M2BERT's masked reconstruction (Greer et 
 the masking policies of :mod:`m3bert.pretrain.masking`, a two-layer head, Huber loss (delta 1) over the
 masked cells only (never padding); ``mert`` / ``mert_acoustic`` -- MERT's masked prediction of
 discrete k-means targets (+ CQT reconstruction) with in-batch mixup (Yuan 2023 thesis, chapter 5),
-see :class:`Mert`.
+see :class:`Mert`. Wu et al.'s ``workers`` (regression of hand-crafted features and of the
+waveform from clean input) is registered by :mod:`m3bert.pretrain.workers`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ class Objective(nn.Module):
         """The validation entry (without ``val/``) that picks the ``best`` checkpoint (lower is better)."""
         return f"loss[{'+'.join(self.masking.policies)}]"
 
+    def data_targets(self, readers: list[Any]) -> list[Any]:
+        """The target readers the batches carry (the opened ``objective.targets``; an objective may
+        narrow them to what it reads)."""
+        return list(readers)
+
+    def on_run_end(self, out: Path) -> None:
+        """Called by the loop on the main process when a run (or a ``stop_after`` slice) ends."""
+
 
 _REGISTRY: Registry = Registry("objective")
 
@@ -96,9 +105,14 @@ def objective_config(data: dict[str, Any] | Any) -> Any:
     return from_dict(_REGISTRY[name].config_class, {**data, "name": name}, where="objective")
 
 
-def create_objective(cfg: dict[str, Any] | Any, *, encoder_cfg: Any, spec: Any, masking: MaskingConfig) -> Objective:
+def create_objective(cfg: dict[str, Any] | Any, *, encoder_cfg: Any, spec: Any, masking: MaskingConfig,
+                     encoder: nn.Module | None = None) -> Objective:
+    """The registered objective of ``cfg``; ``encoder`` reaches the classes that set ``uses_encoder``
+    (a head shaped after the encoder, e.g. the workers' waveform decoder)."""
     cfg = objective_config(cfg)
-    return _REGISTRY[cfg.name](cfg, encoder_cfg=encoder_cfg, spec=spec, masking=masking)
+    cls = _REGISTRY[cfg.name]
+    extra = {"encoder": encoder} if getattr(cls, "uses_encoder", False) else {}
+    return cls(cfg, encoder_cfg=encoder_cfg, spec=spec, masking=masking, **extra)
 
 
 # ---------------------------------------------------------------------------------------------

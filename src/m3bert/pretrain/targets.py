@@ -35,6 +35,10 @@ Layout of ``TARGETS``::
                           layer), the k-means settings and fit statistics
     ids.npy               (n_frames_total,) int16 (int32 when k > 32767)
     offsets.npy           (n_chunks + 1,) int64 first frame of each store chunk in ids.npy
+
+Other kinds of per-frame targets (Wu et al.'s float worker features, :mod:`m3bert.pretrain.worker_targets`)
+use the same folder mechanism and record their ``kind`` in ``targets.json`` (absent = ``clusters``);
+:func:`open_targets` opens each folder with the reader registered for its kind (``TARGET_KINDS``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from safetensors.numpy import load_file, save_file
 from m3bert.core.errors import ConfigError, DataError
 from m3bert.core.io import atomic_path, atomic_save_npy, atomic_write_json, config_hash, file_sha1, read_json, versions
 from m3bert.core.progress import progress as progress_bar
+from m3bert.core.registry import Registry
 from m3bert.features.store import FeatureStore
 from m3bert.models.hub import check_feature_set, load_encoder, model_id
 
@@ -66,6 +71,8 @@ DEFAULT_K_HIDDEN = 2000  # thesis line 318: k=2000 over the first iteration's hi
 DEFAULT_SAMPLE_FRAMES = 200_000  # frames the k-means sees (~77 min of audio at 43 frames/s)
 DEFAULT_FRAMES_PER_CHUNK = 100  # at most this many frames of one chunk (spreads the sample over songs)
 _PLAN = 0x6B3A  # stream id of the sample plan
+CLUSTERS = "clusters"  # the kind of a targets folder whose targets.json names none: k-means class ids
+TARGET_KINDS: Registry = Registry("targets kind")  # kind -> reader class with .open(path, *, store)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,17 +470,27 @@ class ClusterTargets:
                 "codebook_sha1": self.record["codebook_sha1"], "store_fingerprint": self.record["request"]["store"]["fingerprint"]}
 
 
-def read_targets_header(path: str | os.PathLike) -> dict[str, Any]:
-    """``targets.json`` of a committed TARGETS folder (k, label, teacher), without opening the ids."""
+TARGET_KINDS.add(CLUSTERS, ClusterTargets)
+
+
+def read_targets_header(path: str | os.PathLike, *, kind: str | None = CLUSTERS) -> dict[str, Any]:
+    """``targets.json`` of a committed TARGETS folder (k, label, teacher), without opening the ids;
+    a folder of another ``kind`` than asked (``None``: any) is a ``DataError`` naming both."""
     head = Path(path) / "targets.json"
     if not head.is_file():
         raise DataError(f"{path}: no targets.json; build targets with `m3bert targets --store STORE --out {path}`")
     record = read_json(head)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise DataError(f"{head}: not an m3bert targets record (format={record.get('format') if isinstance(record, dict) else None!r})")
+    if kind is not None and record.get("kind", CLUSTERS) != kind:
+        raise DataError(f"{head}: holds {record.get('kind')!r} targets, expected {kind!r} targets here")
     return record
 
 
-def open_targets(paths: Sequence[str | os.PathLike], *, store: Any) -> list[ClusterTargets]:
-    """Every TARGETS folder of an objective config, checked against ``store``."""
-    return [ClusterTargets.open(p, store=store) for p in paths]
+def open_targets(paths: Sequence[str | os.PathLike], *, store: Any) -> list[Any]:
+    """Every TARGETS folder of an objective config, checked against ``store``, each opened by the
+    reader registered for the kind its ``targets.json`` records (a folder without one: k-means ids,
+    whose reader explains an interrupted build)."""
+    kinds = [read_json(Path(p) / "targets.json").get("kind", CLUSTERS) if (Path(p) / "targets.json").is_file()
+             else CLUSTERS for p in paths]
+    return [TARGET_KINDS.lookup(k).open(p, store=store) for k, p in zip(kinds, paths)]
