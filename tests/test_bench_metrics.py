@@ -128,3 +128,114 @@ def test_summarize_uses_the_t_distribution():
     assert M.paired_test([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == 1.0
     assert M.paired_test([0.9, 0.91, 0.92], [0.5, 0.6, 0.55]) < 0.05
     assert M.paired_test([0.5], [0.4]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# test-set power (evaluate.power)
+
+
+def test_mdd_formula_against_a_hand_computation():
+    from m3bert.evaluate import power as P
+
+    z = 1.959964 + 0.841621  # z_{0.975} + z_{0.80}
+    assert P.z_sum() == pytest.approx(z, abs=1e-5)
+    # two accuracies near .5 on 100 clips each: 2.8016 * sqrt(2 * .25 / 100) = 0.19810
+    assert P.mdd_two_proportions(100, 0.5) == pytest.approx(z * np.sqrt(0.005), abs=1e-6)
+    assert P.mdd_two_proportions(100, 0.5) == pytest.approx(0.19810, abs=1e-4)
+    assert P.mdd_two_proportions(400, 0.9) == pytest.approx(z * np.sqrt(2 * 0.09 / 400), abs=1e-6)  # 0.0594
+    assert P.mdd(0.01) == pytest.approx(z * 0.01)
+    assert P.mdd(0.01, alpha=0.01, power=0.9) == pytest.approx((2.575829 + 1.281552) * 0.01, abs=1e-6)
+    # clips needed for 5 points at p = .5: 2 * .25 * (2.8016 / .05)^2 = 1569.8 -> 1570
+    assert P.n_for_mdd(0.05, 0.5) == 1570
+    with pytest.raises(ConfigError):
+        P.mdd_two_proportions(0, 0.5)
+
+
+def test_group_bootstrap_se_matches_the_binomial_and_counts_pieces():
+    from m3bert.evaluate import power as P
+
+    r = np.random.default_rng(0)
+    n = 400
+    correct = (r.random(n) < 0.7).astype(float)
+    boot = P.group_bootstrap(lambda idx: float(correct[idx].mean()), [f"g{i}" for i in range(n)], n_boot=2000)
+    p = correct.mean()
+    assert boot.estimate == pytest.approx(p)
+    assert boot.se == pytest.approx(np.sqrt(p * (1 - p) / n), rel=0.1)
+    row = P.power_row(boot, n_test=n, n_groups=n)
+    assert row["mdd"] == pytest.approx(P.mdd(np.sqrt(2) * boot.se)) and row["ci_low"] < p < row["ci_high"]
+    # the same clips duplicated in pairs of one piece: twice the clips, the same information
+    dup = np.repeat(correct, 2)
+    boot2 = P.group_bootstrap(lambda idx: float(dup[idx].mean()), [f"g{i // 2}" for i in range(2 * n)], n_boot=2000)
+    assert boot2.se == pytest.approx(boot.se, rel=0.15)
+    # same seed, same draws
+    again = P.group_bootstrap(lambda idx: float(correct[idx].mean()), [f"g{i}" for i in range(n)], n_boot=2000)
+    np.testing.assert_array_equal(again.draws, boot.draws)
+
+
+def test_paired_bootstrap_decides_a_real_difference_and_not_a_null_one():
+    from m3bert.evaluate import power as P
+
+    r = np.random.default_rng(1)
+    n = 300
+    a = (r.random(n) < 0.8).astype(float)
+    b = a.copy()
+    flip = r.choice(n, 30, replace=False)
+    b[flip] = 0.0  # b is a minus up to 30 clips: a paired test sees it, an unpaired one barely
+    groups = [f"g{i}" for i in range(n)]
+    d = P.paired_bootstrap(lambda i: a[i].mean(), lambda i: b[i].mean(), groups)
+    row = P.pair_row(d)
+    assert row["difference"] == pytest.approx(a.mean() - b.mean()) and row["decided"] and row["p_value"] < 0.01
+    assert row["mdd"] < P.mdd_two_proportions(n, 0.75)  # pairing gives a smaller MDD
+    same = P.pair_row(P.paired_bootstrap(lambda i: a[i].mean(), lambda i: a[i].mean(), groups))
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0 and not same["decided"]
+
+
+def test_per_item_scores_average_to_the_metric(rng):
+    y = rng.integers(0, 4, 50)
+    pred = rng.random((50, 4))
+    assert M.accuracy_items(y, pred).mean() == pytest.approx(M.accuracy(y, pred))
+    assert M.key_weighted_items(y, pred, classes=KEYS).mean() == pytest.approx(M.key_weighted(y, pred, classes=KEYS))
+    items = M.task_score_items(["key_weighted", "accuracy"], y, pred, classes=KEYS)
+    assert items.mean() == pytest.approx((M.key_weighted(y, pred, classes=KEYS) + M.accuracy(y, pred)) / 2)
+    assert M.task_score_items(["accuracy", "macro_f1"], y, pred, classes=KEYS) is None  # F1 does not decompose
+
+
+def test_fold_metrics_average_per_fold_weighted_by_size(rng):
+    y = rng.integers(0, 3, 60)
+    pred = rng.random((60, 3))
+    fold = np.repeat([0, 1, 2], [10, 20, 30])
+    got = M.compute_fold_metrics(["accuracy", "macro_f1"], y, pred, fold, label_type="multiclass")
+    assert got["accuracy"] == pytest.approx(M.accuracy(y, pred))  # a mean over clips: the pooled score
+    f1 = [M.macro_f1(y[fold == k], pred[fold == k], classes=["a", "b", "c"]) for k in range(3)]
+    assert got["macro_f1"] == pytest.approx(np.average(f1, weights=[10, 20, 30]))
+    tags = np.zeros((60, 1), np.float32)
+    tags[:5] = 1  # only fold 0 has positives: AUC is defined there alone
+    scores = rng.random((60, 1))
+    with pytest.warns(UserWarning, match="single class"):  # folds 1 and 2 have no positive
+        got = M.compute_fold_metrics(["roc_auc_macro"], tags, scores, fold)
+    assert got["roc_auc_macro"] == pytest.approx(M.roc_auc_macro(tags[:10], scores[:10]))  # the folds without it are left out
+    with pytest.raises(DataError, match="no column"), pytest.warns(UserWarning, match="single class"):
+        M.compute_fold_metrics(["roc_auc_macro"], np.zeros((60, 1)), rng.random((60, 1)), fold)
+
+
+def test_fast_metric_twins_equal_scikit_learn(rng):
+    """The bootstrap's numpy twins give scikit-learn's numbers, ties and masks included."""
+    for _ in range(5):
+        tags = (rng.random((120, 6)) < 0.3).astype(np.float32)
+        tags[:, 5] = 0  # a column with one class: left out by both
+        scores = np.round(rng.random((120, 6)), 1)  # many ties
+        mask = (rng.random((120, 6)) > 0.2).astype(np.float32)
+        for name in ("roc_auc_macro", "pr_auc_macro"):
+            metric = M.get_metric(name)
+            with pytest.warns(UserWarning):
+                ref = metric.fn(tags, scores, target_mask=mask)
+            assert metric.fast(tags, scores, target_mask=mask) == pytest.approx(ref, abs=1e-12)
+            with pytest.warns(UserWarning):
+                ref = metric.fn(tags, scores)
+            assert metric.fast(tags, scores) == pytest.approx(ref, abs=1e-12)
+        t = rng.normal(size=(80, 2))
+        p = t + rng.normal(size=(80, 2))
+        t[:, 1] = 3.0  # constant target column
+        assert M.get_metric("r2").fast(t, p) == pytest.approx(M.r2(t, p), abs=1e-12)
+    with pytest.raises(DataError):
+        M.fast_roc_auc_macro(np.zeros((5, 2)), np.ones((5, 2)))

@@ -62,6 +62,11 @@ PRESETS: dict[str, CorpusPreset] = {
     "small": CorpusPreset("small", dance_per_class=40, essen_per_region=40, n_chorales=60, renders_per_piece=1,
                           chorale_renders=3, note_pitches=tuple(range(48, 85)), note_programs_per_pitch=6,
                           clip_seconds=6.0, note_seconds=1.0),
+    # decisive test sets (issue 17): ~1,340 clips of 6 s (1.7x small; strathspeys cap at 49 pieces), so that grouped
+    # k-fold tests ~360 dance, ~670 key and ~1,050 tempo clips; same clip length as small (features cost per clip alike)
+    "medium": CorpusPreset("medium", dance_per_class=80, essen_per_region=80, n_chorales=100, renders_per_piece=1,
+                           chorale_renders=3, note_pitches=tuple(range(48, 85)), note_programs_per_pitch=8,
+                           clip_seconds=6.0, note_seconds=1.0),
     # the benchmark: ~5,000 clips of 10 s
     "full": CorpusPreset("full", dance_per_class=160, essen_per_region=240, n_chorales=400, renders_per_piece=2,
                          chorale_renders=3, note_pitches=tuple(range(36, 97)), note_programs_per_pitch=12,

@@ -15,12 +15,29 @@ Protocols (registered by name in :data:`PROTOCOLS`, ``get_protocol("marble")``):
   "predefined"``), else each seed draws a new random 80/20 train/test split by group.
 * ``linear``: the MARBLE grid with no hidden layer and no dropout (a linear probe).
 
+Splits (:data:`SPLITS`): a protocol's own, or any of them asked of one benchmark run. ``kfold``
+is grouped k-fold cross-validation by piece over *every* clip of the task (its predefined
+split ignored), stratified by class where the labels allow, new folds per seed; the probe of
+fold ``i`` is tested on fold ``i``, selects on fold ``i + 1`` and trains on the rest, so every
+clip is tested exactly once per seed (:mod:`m3bert.evaluate.splits`).
+
+Settings (:data:`SETTINGS`, :class:`Setting`): which hidden states the probe reads and how clips
+are pooled, several per benchmark run so that they are compared on the same features, seeds and
+splits. ``paper`` = the model's output layer, time-mean (Greer et al.'s downstream setup);
+``marble`` = every layer + a learned weighted sum of layers 1..L, best on validation, time-mean
+(MARBLE's constrained track, Yuan 2023 sec. 3.2); ``*-meanstd`` the same with per-layer mean and
+std concatenated (the pooling of the raw-feature statistics, so encoders and baselines can be
+compared like for like).
+
 The grid itself (every probe of a protocol trained at once) is :mod:`m3bert.evaluate.probe_grid`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -28,12 +45,15 @@ import numpy as np
 
 from m3bert.core.errors import ConfigError, DataError
 from m3bert.core.registry import Registry
-from m3bert.evaluate.probe_grid import ProbeConfig, fit_grid, layer_label
+from m3bert.evaluate.probe_grid import LAYER_CHOICES, ProbeConfig, fit_grid, layer_label
+from m3bert.tasks import metrics as M
+from m3bert.tasks.registry import Task, TaskData
 
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]  # (y_valid, pred, mask) -> task score
 # "predefined": the task's train/valid/test; "random": a new 80/20 split by group per seed;
 # "predefined-else-random": the predefined one (train+valid vs test) when the task has one, else random
-SPLITS = ("predefined", "random", "predefined-else-random")
+# "kfold": grouped (by piece) k-fold cross-validation over every clip, stratified where labels allow
+SPLITS = ("predefined", "random", "predefined-else-random", "kfold")
 
 
 @dataclass(frozen=True)
@@ -47,15 +67,23 @@ class Protocol:
     default_seeds: int  # repeats when the user gives none
     description: str = ""  # one line for reports
     test_fraction: float = 0.2  # "random" split: share of groups in test
+    n_folds: int = 5  # "kfold" split: folds (test 1/k, validation 1/k, train the rest)
 
 
 PROTOCOLS = Registry("protocol")
 
 
+def check_split(split: str, n_folds: int, *, where: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"{where}: split={split!r}, expected one of {SPLITS}")
+    if split == "kfold" and (isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 3):
+        raise ConfigError(f"{where}: n_folds={n_folds!r}, expected an integer >= 3 (a test, a validation and a "
+                          "training fold)")
+
+
 def register_protocol(protocol: Protocol) -> Protocol:
     """Register ``protocol`` under its name (a second one of that name is a ``ConfigError``)."""
-    if protocol.split not in SPLITS:
-        raise ConfigError(f"protocol {protocol.name}: split={protocol.split!r}, expected one of {SPLITS}")
+    check_split(protocol.split, protocol.n_folds, where=f"protocol {protocol.name}")
     return PROTOCOLS.add(protocol.name, protocol)
 
 
@@ -79,6 +107,99 @@ register_protocol(Protocol(
 register_protocol(Protocol(
     "linear", ProbeConfig(hidden=(), dropout=0.0), pooling="mean", split="predefined", default_seeds=3,
     description="linear probe: MARBLE grid (6 lrs x layers) without a hidden layer"))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One probing setting of a benchmark run: which hidden states and which clip pooling."""
+
+    name: str  # label in reports and results.json ("paper", "marble", ...)
+    layers: str | tuple[int, ...]  # ProbeConfig.layers: LAYER_CHOICES or hidden-state indices
+    pooling: str | None = None  # clip pooling asked of every representation; None = the protocol's
+    description: str = ""  # one line for reports
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "layers": self.layers if isinstance(self.layers, str) else list(self.layers),
+                "pooling": self.pooling, "description": self.description}
+
+
+SETTINGS = Registry("probe setting")
+for _s in (Setting("paper", "last", "mean", "output layer, time-mean (the paper's downstream setup)"),
+           Setting("marble", "each+weighted", "mean", "each layer + weighted sum of layers 1..L, best on validation, "
+                   "time-mean (MARBLE)"),
+           Setting("paper-meanstd", "last", "meanstd", "output layer, per-layer mean + std over time"),
+           Setting("marble-meanstd", "each+weighted", "meanstd", "each layer + weighted sum, best on validation, "
+                   "per-layer mean + std over time")):
+    SETTINGS.add(_s.name, _s)
+
+
+def parse_setting(spec: str | Setting) -> Setting:
+    """A :class:`Setting`, a registered name (``"marble"``) or ``"NAME=LAYERS[:POOLING]"``
+    (``"out=last:meanstd"``, ``"l3=3:mean"``, ``"mix=weighted"``)."""
+    if isinstance(spec, Setting):
+        s = spec
+    elif not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"setting {spec!r}: expected a name ({sorted(SETTINGS)}) or NAME=LAYERS[:POOLING]")
+    elif "=" not in spec:
+        s = SETTINGS.lookup(spec)
+    else:
+        name, _, rest = spec.partition("=")
+        layers, _, pooling = rest.partition(":")
+        if not name or not layers:
+            raise ConfigError(f"setting {spec!r}: expected NAME=LAYERS[:POOLING], e.g. paper=last:mean")
+        parsed: str | tuple[int, ...] = layers
+        if layers not in LAYER_CHOICES:
+            try:
+                parsed = tuple(int(i) for i in layers.split(","))
+            except ValueError:
+                raise ConfigError(f"setting {spec!r}: layers={layers!r}, expected one of {LAYER_CHOICES} or "
+                                  "comma-separated hidden-state indices") from None
+        s = Setting(name, parsed, pooling or None)
+    if isinstance(s.layers, str) and s.layers not in LAYER_CHOICES:
+        raise ConfigError(f"setting {s.name}: layers={s.layers!r}, expected one of {LAYER_CHOICES} or indices")
+    return s
+
+
+def resolve_settings(settings: Sequence[str | Setting] | None, protocol: Protocol) -> list[Setting]:
+    """The settings of a run: parsed, pooling defaulted to the protocol's; None = one setting named
+    after the protocol with its layers and pooling (what a run without settings always did)."""
+    if settings is None:
+        return [Setting(protocol.name, protocol.probe.layers, protocol.pooling, "the protocol's layers and pooling")]
+    out = [parse_setting(s) for s in settings]
+    out = [s if s.pooling is not None else dataclasses.replace(s, pooling=protocol.pooling) for s in out]
+    if not out:
+        raise ConfigError("settings: expected at least one setting (or None for the protocol's)")
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"settings: names must be unique, got {names}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# what a probe is trained and scored on
+
+def task_targets(td: TaskData, clips: Sequence) -> tuple[np.ndarray, np.ndarray | None]:
+    """Targets of ``clips`` (``TaskData.target_matrix``) and the known-label mask ``(n, C)`` of multilabel
+    tasks that have one (else None)."""
+    y = td.target_matrix(clips)
+    if td.label_type != "multilabel" or not any(c.target_mask is not None for c in clips):
+        return y, None
+    mask = np.stack([np.ones(len(td.classes), np.float32) if c.target_mask is None
+                     else np.asarray(c.target_mask, np.float32) for c in clips])
+    return y, mask
+
+
+def task_score_fn(task: Task, td: TaskData) -> ScoreFn:
+    """The task score of predictions (the mean of its score metrics): what validation selects on."""
+    names = task.score_metrics or [task.primary_metric]
+
+    def fn(y: np.ndarray, pred: np.ndarray, mask: np.ndarray | None) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # left-out AUC columns on small validation sets
+            vals = M.compute_metrics(names, y, pred, label_type=td.label_type, classes=td.classes, target_mask=mask)
+        return M.task_score(vals, names)
+
+    return fn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,3 +265,41 @@ def run_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, l
     if selected["layer_weights"] is not None:
         selected["mixed_layers"] = list(fit.mix_layers)  # the hidden state of each weight
     return ProbeOutcome(test_pred=tpred, selected=selected, grid=grid)
+
+
+def layer_selection(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Which layer won per (setting, representation, task): the layer chosen on validation most often
+    over seeds (and folds), its count, every layer's count, and for weighted sums the mean softmax
+    weight of each mixed layer (``top_layer`` = the heaviest). Ties go to the earliest in layer order."""
+    out = []
+    for r in results:
+        picks: list[dict[str, Any]] = []
+        for run in r["runs"]:
+            folds = run.get("folds")
+            picks += [f["selected"] for f in folds] if folds else [run["selected"]]
+        picks = [p for p in picks if p.get("predictor") != "chance"]
+        if not picks:
+            continue
+        names = r.get("layer_names") or []
+
+        def label(p: dict[str, Any]) -> str:
+            if p.get("layer") == "weighted":
+                return "weighted"
+            return p.get("layer_name") or (names[int(p["layer"])] if names and p.get("layer") is not None else str(p.get("layer")))
+
+        counts = Counter(label(p) for p in picks)
+        order = {n: i for i, n in enumerate(list(names) + ["weighted"])}
+        won = min(counts, key=lambda n: (-counts[n], order.get(n, len(order))))
+        row: dict[str, Any] = {"setting": r.get("setting"), "representation": r["representation"], "task": r["task"],
+                               "layer": won, "count": counts[won], "n": len(picks),
+                               "counts": {n: counts[n] for n in sorted(counts, key=lambda n: order.get(n, len(order)))},
+                               "weights": None, "top_layer": None}
+        weighted = [p for p in picks if p.get("layer") == "weighted" and p.get("layer_weights")]
+        if weighted:
+            mixed = weighted[0].get("mixed_layers") or list(range(len(weighted[0]["layer_weights"])))
+            w = np.mean([p["layer_weights"] for p in weighted], axis=0)
+            wn = [names[i] if names and i < len(names) else str(i) for i in mixed]
+            row["weights"] = {n: round(float(v), 4) for n, v in zip(wn, w)}
+            row["top_layer"] = wn[int(np.argmax(w))]
+        out.append(row)
+    return out

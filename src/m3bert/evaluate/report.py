@@ -14,6 +14,14 @@ a title, Markdown-ish text, an optional table and optional figures. They are sto
         Section("Masking ablation", text="Pre-trained 2k steps per policy.",
                 table=Table(["policy", "accuracy"], [["CFM", 0.61], ["CCM", 0.58]]),
                 figures=[Figure("loss curves", png_bytes)])])
+
+Standard sections: the results per setting (and the settings side by side when a run has several),
+the taxonomy levels, which layer won, the test-set power (minimum detectable difference per
+task), the paired comparisons asked of the run, the tasks, the selected probes, failures and
+provenance.
+
+Longer than 500 lines because every table and figure of results.json is rendered here, in one
+place, from the file itself (splitting it would put the renderers of one file format in two).
 """
 
 from __future__ import annotations
@@ -112,34 +120,45 @@ def _columns(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     return cols
 
 
-def _row(res: dict[str, Any], rep: str, task: str) -> dict[str, Any] | None:
+def setting_names(res: dict[str, Any]) -> list[str | None]:
+    """The settings of a run in order (``[None]`` for results written before settings existed)."""
+    return [s["name"] for s in res.get("settings") or []] or [None]
+
+
+def _in(row: dict[str, Any], setting: str | None) -> bool:
+    return setting is None or row.get("setting") in (None, setting)
+
+
+def _row(res: dict[str, Any], rep: str, task: str, setting: str | None = None) -> dict[str, Any] | None:
     for r in res["results"]:
-        if r["representation"] == rep and r["task"] == task:
+        if r["representation"] == rep and r["task"] == task and _in(r, setting):
             return r
     return None
 
 
-def _noise(res: dict[str, Any], rep: str, task: str) -> dict[str, Any] | None:
+def _noise(res: dict[str, Any], rep: str, task: str, setting: str | None = None) -> dict[str, Any] | None:
     for c in res.get("comparisons", []):
-        if c["representation"] == rep and c["task"] == task:
+        if c["representation"] == rep and c["task"] == task and _in(c, setting):
             return c
     return None
 
 
-def main_table(res: dict[str, Any]) -> Table:
-    """Rows: representations; columns: task metrics, cells ``mean ± CI`` with best / within-noise marks."""
+def main_table(res: dict[str, Any], setting: str | None = None) -> Table:
+    """Rows: representations; columns: task metrics, cells ``mean ± CI`` with best / within-noise marks.
+    ``setting``: whose rows (default the run's first setting)."""
+    setting = setting if setting is not None else setting_names(res)[0]
     cols = _columns(res)
     rows = []
     for rep in [r["name"] for r in res["representations"]]:
         row: list[Any] = [rep]
         for task, metric, _ in cols:
-            r = _row(res, rep, task)
+            r = _row(res, rep, task, setting)
             if r is None or not r["runs"]:
                 row.append("–")
                 continue
             s = r["summary"]["score"] if metric == "score" else r["summary"]["metrics"][metric]
             cell = fmt_summary(s)
-            c = _noise(res, rep, task)
+            c = _noise(res, rep, task, setting)
             primary = metric == ("score" if len([t for t in res["tasks"] if t["name"] == task][0]["score_metrics"]) > 1
                                  else [t for t in res["tasks"] if t["name"] == task][0]["score_metrics"][0])
             if c is not None and primary:
@@ -152,30 +171,112 @@ def main_table(res: dict[str, Any]) -> Table:
     return Table(["representation"] + [c[2] for c in cols], rows)
 
 
-def taxonomy_table(res: dict[str, Any]) -> Table:
+def taxonomy_table(res: dict[str, Any], setting: str | None = None) -> Table:
+    setting = setting if setting is not None else setting_names(res)[0]
     levels = list(dict.fromkeys(t["level"] for t in res.get("taxonomy", [])))
     rows = []
     for rep in [r["name"] for r in res["representations"]]:
         row: list[Any] = [rep]
         for lev in levels:
-            hit = [t for t in res["taxonomy"] if t["representation"] == rep and t["level"] == lev]
+            hit = [t for t in res["taxonomy"] if t["representation"] == rep and t["level"] == lev and _in(t, setting)]
             row.append(fmt_summary(hit[0]["score"]) if hit else "–")
         rows.append(row)
     return Table(["representation"] + [f"{lev} (mean task score)" for lev in levels], rows)
 
 
 def selection_table(res: dict[str, Any]) -> Table:
+    """The probe chosen on validation per seed (the first fold's with k-fold); a setting column when several."""
+    several = len(setting_names(res)) > 1
     rows = []
     for r in res["results"]:
         for run in r["runs"]:
             sel = run["selected"]
+            lead = [r.get("setting")] if several else []
             if sel.get("predictor") == "chance":
-                rows.append([r["representation"], r["task"], run["seed"], "chance", "–", "–", "–"])
+                rows.append(lead + [r["representation"], r["task"], run["seed"], "chance", "–", "–", "–"])
                 continue
             layer = sel.get("layer_name") or sel.get("layer")
-            rows.append([r["representation"], r["task"], run["seed"], layer, sel.get("lr"), sel.get("best_epoch"),
-                         sel.get("valid_score")])
-    return Table(["representation", "task", "seed", "layer", "lr", "best epoch", "valid score"], rows)
+            rows.append(lead + [r["representation"], r["task"], run["seed"], layer, sel.get("lr"), sel.get("best_epoch"),
+                                sel.get("valid_score")])
+    return Table((["setting"] if several else []) + ["representation", "task", "seed", "layer", "lr", "best epoch",
+                                                      "valid score"], rows)
+
+
+def _won(res: dict[str, Any], setting: str | None, rep: str, task: str) -> dict[str, Any] | None:
+    for w in res.get("layer_selection", []):
+        if w["representation"] == rep and w["task"] == task and _in(w, setting):
+            return w
+    return None
+
+
+def won_label(w: dict[str, Any] | None) -> str:
+    """``layer4 (3/3)``, ``weighted (2/3; top layer2 0.41)``; "–" when nothing was selected (chance)."""
+    if w is None:
+        return "–"
+    out = f"{w['layer']} ({w['count']}/{w['n']}"
+    if w["layer"] == "weighted" and w.get("top_layer"):
+        out += f"; top {w['top_layer']} {w['weights'][w['top_layer']]:.2f}"
+    return out + ")"
+
+
+def settings_table(res: dict[str, Any]) -> Table:
+    """Rows (task, representation); one column per setting: the task score ``mean ± CI`` and the layer
+    that won; **bold** = best of the task in that setting."""
+    names = setting_names(res)
+    by_name = {s["name"]: s for s in res.get("settings") or []}
+    rows = []
+    for t in res["tasks"]:
+        for rep in [r["name"] for r in res["representations"]]:
+            row: list[Any] = [t["name"], rep]
+            for sn in names:
+                r = _row(res, rep, t["name"], sn)
+                if r is None or not r["runs"]:
+                    row.append("–")
+                    continue
+                cell = fmt_summary(r["summary"]["score"])
+                c = _noise(res, rep, t["name"], sn)
+                if c is not None and c["is_best"]:
+                    cell = f"**{cell}**"
+                w = _won(res, sn, rep, t["name"])
+                row.append(cell + (f" [{won_label(w)}]" if w is not None else ""))
+            rows.append(row)
+    heads = [f"{sn} ({by_name[sn]['layers']}, {by_name[sn]['pooling']})" if sn in by_name else str(sn) for sn in names]
+    return Table(["task", "representation"] + heads, rows)
+
+
+def layer_table(res: dict[str, Any]) -> Table:
+    """Which layer won per (setting, representation, task), with the weighted sums' mean weights."""
+    rows = []
+    for w in res.get("layer_selection", []):
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in (w.get("weights") or {}).items()) or "–"
+        counts = ", ".join(f"{k} {v}" for k, v in w["counts"].items())
+        rows.append([w.get("setting"), w["representation"], w["task"], w["layer"], f"{w['count']}/{w['n']}", counts, weights])
+    return Table(["setting", "representation", "task", "layer won", "times", "all picks", "weighted-sum weights (mean)"], rows)
+
+
+def power_table(res: dict[str, Any]) -> Table:
+    """Per (task, setting): the test size and the minimum detectable difference (module power)."""
+    rows = []
+    for p in res.get("power", []):
+        rows.append([p["task"], p.get("setting"), p["split"], p["n_test"], p["n_groups"], p["reference"], p["score"],
+                     p["se"], p["mdd"], p.get("mdd_binomial"),
+                     "–" if p["mdd"] is None else ("yes" if p["mdd"] <= 0.05 else "no")])
+    return Table(["task", "setting", "split", "test clips", "test pieces", "reference", "score", "SE", "MDD",
+                  "MDD (binomial)", "5 points detectable"], rows)
+
+
+def pairs_table(res: dict[str, Any]) -> Table:
+    rows = []
+    for p in res.get("pairs", []):
+        if p["decided"] is None:
+            verdict = "n/a"
+        elif p["decided"]:
+            verdict = f"{p['a']} better" if p["difference"] > 0 else f"{p['b']} better"
+        else:
+            verdict = "not decided"
+        rows.append([p["task"], p.get("setting"), p["a"], p["b"], p["n_test"], p["difference"],
+                     f"[{fmt_number(p['ci_low'])}, {fmt_number(p['ci_high'])}]", p["p_value"], p["mdd"], verdict])
+    return Table(["task", "setting", "a", "b", "test clips", "a - b", "95 % CI", "p", "MDD (paired)", "verdict"], rows)
 
 
 def tasks_table(res: dict[str, Any]) -> Table:
@@ -198,6 +299,8 @@ def task_bars_png(res: dict[str, Any]) -> bytes:
     """One panel per task: the task score of each representation, error bars = 95 % CI."""
     tasks = [t["name"] for t in res["tasks"]]
     reps = [r["name"] for r in res["representations"]]
+    settings = setting_names(res)
+    width = 0.8 / len(settings)
     n_cols = min(3, max(1, len(tasks)))
     n_rows = math.ceil(len(tasks) / n_cols)
     fig = matplotlib.figure.Figure(figsize=(4.2 * n_cols, 2.8 * n_rows + 0.4))
@@ -205,13 +308,18 @@ def task_bars_png(res: dict[str, Any]) -> bytes:
     colors = matplotlib.colormaps["tab10"]
     for k, task in enumerate(tasks):
         ax = axes[k // n_cols][k % n_cols]
-        means, errs = [], []
-        for rep in reps:
-            r = _row(res, rep, task)
-            s = r["summary"]["score"] if r and r["runs"] else None
-            means.append(s["mean"] if s else float("nan"))
-            errs.append((s["half_width"] or 0.0) if s else 0.0)
-        ax.bar(range(len(reps)), means, yerr=errs, capsize=3, color=[colors(i % 10) for i in range(len(reps))])
+        for j, sn in enumerate(settings):
+            means, errs = [], []
+            for rep in reps:
+                r = _row(res, rep, task, sn)
+                s = r["summary"]["score"] if r and r["runs"] else None
+                means.append(s["mean"] if s else float("nan"))
+                errs.append((s["half_width"] or 0.0) if s else 0.0)
+            xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(reps))]
+            ax.bar(xs, means, width=width, yerr=errs, capsize=3, label=sn if len(settings) > 1 else None,
+                   color=[colors(i % 10) for i in range(len(reps))] if len(settings) == 1 else colors(j % 10))
+        if len(settings) > 1 and k == 0:
+            ax.legend(fontsize=7)
         ax.set_xticks(range(len(reps)))
         ax.set_xticklabels(reps, rotation=30, ha="right", fontsize=8)
         score = [t for t in res["tasks"] if t["name"] == task][0]["score_metrics"]
@@ -219,7 +327,8 @@ def task_bars_png(res: dict[str, Any]) -> bytes:
         ax.grid(axis="y", alpha=0.3)
     for k in range(len(tasks), n_rows * n_cols):
         axes[k // n_cols][k % n_cols].axis("off")
-    fig.suptitle(f"Task scores, protocol {res['protocol']['name']}, mean ± 95 % CI over {len(res['seeds'])} seed(s)", fontsize=10)
+    fig.suptitle(f"Task scores, protocol {res['protocol']['name']}, mean ± 95 % CI over {len(res['seeds'])} seed(s)"
+                 + (" (one bar per setting)" if len(settings) > 1 else ""), fontsize=10)
     fig.tight_layout()
     return figure_png(fig)
 
@@ -235,7 +344,8 @@ def taxonomy_png(res: dict[str, Any]) -> bytes:
     for i, rep in enumerate(reps):
         xs, ms, es = [], [], []
         for j, lev in enumerate(levels):
-            hit = [t for t in res["taxonomy"] if t["representation"] == rep and t["level"] == lev]
+            hit = [t for t in res["taxonomy"] if t["representation"] == rep and t["level"] == lev
+                   and _in(t, setting_names(res)[0])]
             if hit:
                 xs.append(j + (i - (len(reps) - 1) / 2) * width)
                 ms.append(hit[0]["score"]["mean"])
@@ -263,14 +373,44 @@ def _standard_sections(res: dict[str, Any]) -> list[dict[str, Any]]:
              f"layers `{pr['layers']}`, max {pr['max_epochs']} epochs. Seeds {res['seeds']}.\n\n"
              f"Cells: mean ± half-width of the 95 % t-interval over seeds. In each task's score column **bold** = best, "
              f"≈ = within noise of the best ({res['noise_rule']}).")
-    secs = [
-        {"title": "Results", "text": intro, "table": _table_dict(main_table(res)),
-         "figures": [{"caption": "Per-task scores (error bars: 95 % CI)", "png": task_bars_png(res)}]},
-    ]
+    names = setting_names(res)
+    if res.get("protocol", {}).get("n_folds") and any(r.get("split") == "kfold" for r in res["results"]):
+        intro += (f"\n\nSplit `kfold`: {p['n_folds']}-fold cross-validation by piece over every clip of the task (new "
+                  "folds per seed, the same for every representation and setting; each probe selects on the next fold); "
+                  "every clip is tested once per seed; each metric is computed per fold and averaged weighted by fold size "
+                  "(for accuracy: the score of all out-of-fold predictions). A "
+                  "representation trained on a task's labels (M3BERT on its enrichment tasks) has seen its train clips: "
+                  "its k-fold numbers there are not held-out numbers.")
+    secs = []
+    if len(names) > 1:
+        secs.append({"title": "Settings side by side", "text": intro + "\n\nOne column per setting (layers, pooling), on "
+                     "the same features, seeds and splits. Cells: task score, mean ± 95 % CI over seeds, **bold** = best "
+                     "of the task in that setting; in brackets the layer chosen on validation (most often over seeds and "
+                     "folds) and how often.", "table": _table_dict(settings_table(res)), "figures": []})
+    for sn in names:
+        title = "Results" if len(names) == 1 else f"Results: setting {sn}"
+        secs.append({"title": title, "text": intro if len(names) == 1 else f"Setting `{sn}`.",
+                     "table": _table_dict(main_table(res, sn)),
+                     "figures": [{"caption": "Per-task scores (error bars: 95 % CI)", "png": task_bars_png(res)}]
+                     if sn == names[0] else []})
     if res.get("taxonomy"):
         secs.append({"title": "Per taxonomy level", "text": "Mean task score of the tasks at each MARBLE level, per seed, "
-                     "then mean ± 95 % CI over seeds.", "table": _table_dict(taxonomy_table(res)),
+                     "then mean ± 95 % CI over seeds" + (f" (setting {names[0]})." if len(names) > 1 else "."),
+                     "table": _table_dict(taxonomy_table(res)),
                      "figures": [{"caption": "Mean task score per taxonomy level", "png": taxonomy_png(res)}]})
+    if res.get("layer_selection"):
+        secs.append({"title": "Which layer won", "text": "Per setting, representation and task: the input the "
+                     "validation score selected most often over seeds (and folds), how often, every pick, and for "
+                     "weighted sums the mean softmax weight of each mixed layer.", "table": _table_dict(layer_table(res)),
+                     "figures": []})
+    if res.get("power"):
+        secs.append({"title": "Test-set power: minimum detectable difference", "text": res.get("power_rule", ""),
+                     "table": _table_dict(power_table(res)), "figures": []})
+    if res.get("pairs"):
+        secs.append({"title": "Paired comparisons on the test clips", "text": "a - b of the task score (mean over seeds) "
+                     "on the clips both were tested on; 95 % CI and p from a paired bootstrap of whole test pieces; MDD = "
+                     "2.802 x SE of the difference (alpha 0.05, 80 % power). 'not decided' = p >= 0.05.",
+                     "table": _table_dict(pairs_table(res)), "figures": []})
     secs.append({"title": "Tasks", "text": "", "table": _table_dict(tasks_table(res)), "figures": []})
     secs.append({"title": "Selected probes", "text": "The probe (layer, learning rate) chosen on validation for each seed.",
                  "table": _table_dict(selection_table(res)), "figures": []})
@@ -301,8 +441,8 @@ def _md_table(t: dict[str, Any]) -> str:
 def _html_table(t: dict[str, Any]) -> str:
     def cell(c: Any) -> str:
         s = html.escape(fmt_number(c))
-        if s.startswith("**") and s.endswith("**"):
-            s = f"<b>{s[2:-2]}</b>"
+        while s.count("**") >= 2:  # bold marks anywhere in the cell ("**0.61 ± 0.02** [layer3 (3/3)]")
+            s = s.replace("**", "<b>", 1).replace("**", "</b>", 1)
         return s
 
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in t["headers"])

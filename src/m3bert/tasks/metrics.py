@@ -1,7 +1,11 @@
 """Evaluation metrics by name, the MARBLE task score, and mean / std / 95 % CI over repeats.
 
-Every number comes from scikit-learn, mir_eval or scipy; this module only validates inputs,
-routes them, and documents the handling of degenerate cases:
+Every reported number comes from scikit-learn, mir_eval or scipy; this module only validates inputs,
+routes them, and documents the handling of degenerate cases. Two additions serve resampling
+(the benchmark's bootstraps, :mod:`m3bert.evaluate.power`): ``Metric.per_item`` (per-example
+scores whose mean is the metric: accuracy, key_weighted) and ``Metric.fast`` (plain numpy/scipy
+twins of ROC-AUC, average precision and R², tested equal to scikit-learn's, without its per-call
+overhead). ``compute_fold_metrics`` scores k-fold runs fold by fold (its docstring says why).
 
 * ``y_true`` — multiclass: int ``(n,)`` class indices; multilabel: 0/1 ``(n, n_classes)``;
   regression: float ``(n, n_targets)`` (or ``(n,)`` for one target).
@@ -50,6 +54,12 @@ class Metric:
     fn: MetricFn  # fn(y_true, y_pred, *, classes, target_mask) -> float
     description: str = ""  # one line for reports
     higher_is_better: bool = True  # every metric here is a score (1 = perfect)
+    # per_item(y_true, y_pred, *, classes) -> (n,): per-example scores whose mean is the metric (accuracy,
+    # key_weighted); None when the metric does not decompose (AUC, F1, R²). Bootstraps use it to resample cheaply.
+    per_item: Callable[..., np.ndarray] | None = None
+    # fast(y_true, y_pred, *, target_mask) -> float: a plain-numpy/scipy twin of fn, equal on valid inputs (tested
+    # against scikit-learn), without fn's validation and overhead; what a bootstrap calls thousands of times
+    fast: Callable[..., float] | None = None
 
 
 METRICS = Registry("metric")
@@ -218,6 +228,54 @@ def pr_auc_macro(y_true: Any, y_pred: Any, *, classes: Sequence[str] | None = No
     return _ranking_macro("pr_auc_macro", average_precision_score, y_true, y_pred, classes, target_mask)
 
 
+def _fast_ranking(kind: str, y_true: Any, y_pred: Any, *, target_mask: Any = None) -> float:
+    """ROC-AUC (Mann-Whitney U with average ranks for ties) or average precision (scikit-learn's
+    step-wise sum over distinct thresholds), macro over the columns with both classes."""
+    t = np.asarray(y_true, np.float64)
+    p = np.asarray(y_pred, np.float64)
+    if t.ndim == 1:
+        t, p = t[:, None], p[:, None]
+    m = None if target_mask is None else np.asarray(target_mask).astype(bool)
+    vals = []
+    for j in range(t.shape[1]):
+        tj, pj = (t[:, j], p[:, j]) if m is None else (t[m[:, j], j], p[m[:, j], j])
+        n_pos = float(tj.sum())
+        if n_pos == 0 or n_pos == tj.size:
+            continue
+        if kind == "roc":
+            ranks = stats.rankdata(pj)
+            vals.append((ranks[tj == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (tj.size - n_pos)))
+            continue
+        order = np.argsort(pj, kind="mergesort")[::-1]
+        ys, ps = tj[order], pj[order]
+        last = np.r_[np.nonzero(np.diff(ps))[0], ys.size - 1]  # last index of each distinct score
+        tps = np.cumsum(ys)[last]
+        precision = tps / (last + 1)
+        vals.append(float(np.sum(np.diff(np.r_[0.0, tps / n_pos]) * precision)))
+    if not vals:
+        raise DataError(f"metric {kind}: no column has both positive and negative examples")
+    return float(np.mean(vals))
+
+
+def fast_roc_auc_macro(y_true: Any, y_pred: Any, *, target_mask: Any = None) -> float:
+    return _fast_ranking("roc", y_true, y_pred, target_mask=target_mask)
+
+
+def fast_pr_auc_macro(y_true: Any, y_pred: Any, *, target_mask: Any = None) -> float:
+    return _fast_ranking("ap", y_true, y_pred, target_mask=target_mask)
+
+
+def fast_r2(y_true: Any, y_pred: Any, *, target_mask: Any = None) -> float:
+    """R² per column (constant column: 1 if predicted exactly else 0, as r2_score's force_finite), averaged."""
+    t = np.asarray(y_true, np.float64).reshape(len(y_true), -1)
+    p = np.asarray(y_pred, np.float64).reshape(len(y_pred), -1)
+    ss_res = ((t - p) ** 2).sum(0)
+    ss_tot = ((t - t.mean(0)) ** 2).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0), np.where(ss_res == 0, 1.0, 0.0))
+    return float(per.mean())
+
+
 # ---------------------------------------------------------------------------------------------
 # regression
 
@@ -243,12 +301,35 @@ def _r2_target(target: str) -> Metric:
     return Metric(name, ("regression",), fn, f"R² of target {target!r}")
 
 
-register_metric(Metric("accuracy", ("multiclass",), accuracy, "fraction of examples whose argmax is the true class"))
+def accuracy_items(y_true: Any, y_pred: Any, *, classes: Sequence[str] | None = None) -> np.ndarray:
+    """``(n,)`` 1.0 where the argmax is the true class; the mean is :func:`accuracy`."""
+    t, p, _ = _multiclass_inputs("accuracy", y_true, y_pred, classes)
+    return (t == p).astype(np.float64)
+
+
+def key_weighted_items(y_true: Any, y_pred: Any, *, classes: Sequence[str] | None = None) -> np.ndarray:
+    """``(n,)`` mir_eval weighted key score per clip; the mean is :func:`key_weighted`."""
+    if classes is None:
+        raise DataError("metric key_weighted: needs the task's class names (e.g. 'C major', 'A minor')")
+    t, p, _ = _multiclass_inputs("key_weighted", y_true, y_pred, classes)
+    try:
+        table = np.array([[mir_eval.key.weighted_score(a, b) for b in classes] for a in classes], np.float64)
+    except ValueError as exc:
+        raise DataError(f"metric key_weighted: a class name of {list(classes)[:6]} is not a key ('<tonic> major|minor'): "
+                        f"{exc}") from None
+    return table[t, p]
+
+
+register_metric(Metric("accuracy", ("multiclass",), accuracy, "fraction of examples whose argmax is the true class",
+                       per_item=accuracy_items))
 register_metric(Metric("macro_f1", ("multiclass",), macro_f1, "F1 averaged over all classes"))
-register_metric(Metric("key_weighted", ("multiclass",), key_weighted, "MIREX weighted key score (mir_eval.key)"))
-register_metric(Metric("roc_auc_macro", ("multilabel",), roc_auc_macro, "ROC-AUC averaged over tags"))
-register_metric(Metric("pr_auc_macro", ("multilabel",), pr_auc_macro, "average precision (PR-AUC) averaged over tags"))
-register_metric(Metric("r2", ("regression",), r2, "coefficient of determination averaged over targets"))
+register_metric(Metric("key_weighted", ("multiclass",), key_weighted, "MIREX weighted key score (mir_eval.key)",
+                       per_item=key_weighted_items))
+register_metric(Metric("roc_auc_macro", ("multilabel",), roc_auc_macro, "ROC-AUC averaged over tags",
+                       fast=fast_roc_auc_macro))
+register_metric(Metric("pr_auc_macro", ("multilabel",), pr_auc_macro, "average precision (PR-AUC) averaged over tags",
+                       fast=fast_pr_auc_macro))
+register_metric(Metric("r2", ("regression",), r2, "coefficient of determination averaged over targets", fast=fast_r2))
 register_metric_family("r2_", _r2_target)
 
 
@@ -268,6 +349,48 @@ def compute_metrics(names: Sequence[str], y_true: Any, y_pred: Any, *, label_typ
         warnings.simplefilter("once", UserWarning)
         return {n: compute_metric(n, y_true, y_pred, label_type=label_type, classes=classes, target_mask=target_mask)
                 for n in names}
+
+
+def compute_fold_metrics(names: Sequence[str], y_true: Any, y_pred: Any, fold: np.ndarray, *, label_type: str | None = None,
+                         classes: Sequence[str] | None = None, target_mask: Any = None) -> dict[str, float]:
+    """Cross-validation: each metric computed on each fold's examples (``fold (n,)`` ids), then averaged
+    weighted by fold size, as scikit-learn's ``cross_val_score`` does (unweighted there).
+
+    Why not the metric of the pooled out-of-fold predictions: the probes of different folds are
+    different models, and ranking metrics pooled across them are biased (a chance predictor that
+    outputs each fold's train prevalence scores a pooled ROC-AUC below 0.5, because a fold whose
+    training part holds more positives tests fewer). For a mean over examples (accuracy) both are
+    equal. A fold on which a metric is undefined (``DataError``: e.g. no tag with both classes) is
+    left out of that metric's average; if it is undefined on every fold the error is raised.
+    """
+    fold = np.asarray(fold)
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    m = None if target_mask is None else np.asarray(target_mask)
+    out: dict[str, float] = {}
+    for name in names:
+        vals, weights, first_error = [], [], None
+        for k in np.unique(fold):
+            sel = fold == k
+            try:
+                vals.append(compute_metric(name, t[sel], p[sel], label_type=label_type, classes=classes,
+                                           target_mask=None if m is None else m[sel]))
+                weights.append(int(sel.sum()))
+            except DataError as exc:
+                first_error = first_error or exc
+        if not vals:
+            raise first_error  # type: ignore[misc]
+        out[name] = float(np.average(vals, weights=weights))
+    return out
+
+
+def task_score_items(score_metrics: Sequence[str], y_true: Any, y_pred: Any, *,
+                     classes: Sequence[str] | None = None) -> np.ndarray | None:
+    """``(n,)`` per-example task score (mean over ``score_metrics`` of their per-item scores), or None
+    when a metric does not decompose into per-example scores."""
+    metrics = [get_metric(m) for m in score_metrics]
+    if any(m.per_item is None for m in metrics):
+        return None
+    return np.mean([m.per_item(y_true, y_pred, classes=classes) for m in metrics], axis=0)
 
 
 def task_score(values: dict[str, float], score_metrics: Sequence[str]) -> float:

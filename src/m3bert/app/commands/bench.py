@@ -4,6 +4,17 @@
         --task builtin-dance:CORPUS --task gtzan-genre:/data/gtzan --protocol marble --seeds 3 \\
         --report REPORT_DIR [--skip-missing] [--cache DIR]
 
+Like-for-like settings in one run, on the same features, seeds and splits (issue 17)::
+
+    m3bert bench ... --setting paper --setting marble --setting marble-meanstd \
+        --split kfold --folds 5 --pair "M2BERT::random:m2bert-small"
+
+``--setting`` NAME (``paper`` = output layer, mean; ``marble`` = every layer + weighted sum,
+best on validation, mean; ``paper-meanstd``, ``marble-meanstd``) or ``NAME=LAYERS[:POOLING]``;
+``--split kfold`` = grouped k-fold cross-validation by piece (every clip tested once per seed);
+``--pair A::B`` = a paired bootstrap of A minus B per task. The report states which layer won
+and the minimum detectable difference of every task.
+
 Features are cached (default ``REPORT_DIR/cache``), so rerunning with another protocol or more
 seeds only trains probes; an interrupted extraction resumes. ``--task folder:DIR`` (one
 sub-folder per class) and ``--task csv:FILE`` (``path,label[,split][,group]``; also ``.jsonl``)
@@ -25,7 +36,7 @@ import torch
 
 from m3bert.core.errors import ConfigError
 from m3bert.evaluate.baselines import available_baselines, get_baseline
-from m3bert.evaluate.probes import available_protocols, get_protocol
+from m3bert.evaluate.probes import SETTINGS, SPLITS, available_protocols, get_protocol, parse_setting
 from m3bert.evaluate.report import summary_lines
 from m3bert.evaluate.representations import EmbeddingsDirRepresentation, HearRepresentation, ModelRepresentation, Representation
 from m3bert.evaluate.runner import run_benchmark
@@ -49,6 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default="marble", metavar="NAME",
                    help=f"probing protocol: {' | '.join(available_protocols())} (default marble)")
     p.add_argument("--seeds", type=int, default=None, help="repeats, >= 1 (default: the protocol's: marble 3, kim 5)")
+    p.add_argument("--setting", action="append", default=[], metavar="NAME|NAME=LAYERS[:POOLING]",
+                   help=f"probe setting, repeatable, compared side by side: {' | '.join(sorted(SETTINGS))} or e.g. "
+                        "out=last:meanstd (default: the protocol's layers and pooling)")
+    p.add_argument("--split", default=None, choices=SPLITS, help="split for every task (default: the protocol's)")
+    p.add_argument("--folds", type=int, default=None, help="folds of --split kfold, >= 3 (default 5)")
+    p.add_argument("--pair", action="append", default=[], metavar="A::B",
+                   help="compare representation A with B per task by a paired bootstrap over test pieces (repeatable)")
+    p.add_argument("--no-power", action="store_true", help="skip the minimum-detectable-difference bootstrap")
     p.add_argument("--report", required=True, type=Path, metavar="REPORT_DIR", help="where results and reports go")
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default REPORT_DIR/cache)")
     p.add_argument("--no-cache", action="store_true", help="do not keep features on disk")
@@ -79,6 +98,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: expected an integer >= 1 (leave {flag} out for the default)")
     get_protocol(args.protocol)  # unknown: "unknown protocol 'x'; registered: [...]"
+    for spec in args.setting:
+        parse_setting(spec)
+    if args.folds is not None and args.folds < 3:
+        raise ConfigError(f"--folds {args.folds}: expected an integer >= 3 (leave --folds out for 5)")
+    for spec in args.pair:
+        if "::" not in spec or not all(spec.split("::", 1)):
+            raise ConfigError(f"--pair {spec!r}: expected A::B, two representation names")
     for name in args.baseline:
         if name not in available_baselines():
             raise ConfigError(f"--baseline {name!r}: unknown baseline; expected one of {available_baselines()}")
@@ -98,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         echo = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
         res = run_benchmark(reps, args.task, protocol=args.protocol, seeds=args.seeds, out_dir=args.report,
                             cache_dir=cache, skip_missing=args.skip_missing, progress=not args.quiet,
-                            probe_overrides=overrides, echo=echo)
+                            probe_overrides=overrides, echo=echo, settings=args.setting or None, split=args.split,
+                            n_folds=args.folds, pairs=[tuple(p.split("::", 1)) for p in args.pair],
+                            power=not args.no_power)
     finally:
         torch.set_num_threads(old_threads)
     print("\n".join(summary_lines(res)))
