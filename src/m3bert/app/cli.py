@@ -9,7 +9,7 @@ import argparse
 import sys
 from types import ModuleType
 
-from m3bert.app.commands import analyze, bench, corpus, demo, embed, enrich, export, features, multisource, pretrain, targets
+from m3bert.app.commands import analyze, bench, corpus, demo, embed, enrich, export, features, multisource, pretrain, targets, wu
 from m3bert.core.errors import M3bertError
 from m3bert.core.version import __version__
 
@@ -27,6 +27,7 @@ COMMANDS: dict[str, ModuleType] = {
     "bench": bench,
     "analyze": analyze,
     "demo": demo,
+    "wu-ablation": wu,
 }
 
 

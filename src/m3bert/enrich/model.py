@@ -26,8 +26,7 @@ from m3bert.enrich.config import EnrichConfig
 from m3bert.enrich.heads import MultiTaskHeads, TaskInfo, task_loss, task_weighting
 from m3bert.enrich.multisource import build_multisource_modules, make_multisource_optimizer, multisource_losses
 from m3bert.enrich.samples import Batch, PreparedData
-from m3bert.models.base import ModelBase
-from m3bert.models.encoder import Encoder, EncoderConfig
+from m3bert.models.base import DEFAULT_ARCHITECTURE, ModelBase, get_architecture
 from m3bert.models.hub import load_encoder
 from m3bert.models.kim import KimEncoder
 from m3bert.train.optim import make_adam
@@ -56,10 +55,14 @@ def build_modules(
         if data is None or data.feature_set is None:
             raise ConfigError("a multisource run needs its prepared data (feature set with the training statistics)")
         return build_multisource_modules(base, tasks, cfg, feature_config=data.feature_set.to_dict())
-    mcfg = EncoderConfig.from_dict({**base.cfg.to_dict(), "enrichment": dataclasses.asdict(cfg.enrichment)})
+    arch = get_architecture(getattr(base, "architecture", None) or DEFAULT_ARCHITECTURE)
+    if "enrichment" not in {f.name for f in dataclasses.fields(arch.config_cls)}:
+        raise ConfigError(f"architecture {arch.name!r} has no enrichment layer (its config has no 'enrichment' field); "
+                          "m3bert enrich trains one on m2bert, pase and pase+ encoders")
+    mcfg = arch.config_cls.from_dict({**base.cfg.to_dict(), "enrichment": dataclasses.asdict(cfg.enrichment)})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = Encoder(mcfg, feature_config=base.feature_config)
+        model = arch.model_cls(mcfg, feature_config=base.feature_config)
         heads = MultiTaskHeads(model.layer_dims[-1], tasks, cfg.heads)
         weighting = task_weighting(tasks, cfg.weighting)
     if cfg.scenario != "scratch":

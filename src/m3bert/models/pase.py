@@ -61,6 +61,7 @@ from torch import nn
 from m3bert.core.config import bounded, from_dict
 from m3bert.core.errors import ConfigError
 from m3bert.models.base import ModelBase, register_architecture, register_model_config
+from m3bert.models.encoder import Enrichment, EnrichmentConfig
 from m3bert.models.layers import MaskedBatchNorm1d, time_mask
 
 
@@ -82,8 +83,11 @@ class PaseConfig:
     prelu_init: float = bounded(0.0, ge=0, le=1)  # initial PReLU slope (released code: 0, the blocks start as ReLUs)
     bn_momentum: float = bounded(0.1, gt=0, le=1)  # batch-norm running-average momentum (torch default)
     bn_eps: float = bounded(1e-5, gt=0)  # batch-norm epsilon (torch default)
+    enrichment: EnrichmentConfig | None = None  # M3BERT's enrichment layer on the output (set by m3bert enrich)
 
     def __post_init__(self) -> None:
+        if isinstance(self.enrichment, dict):
+            self.enrichment = from_dict(EnrichmentConfig, self.enrichment, where="model.enrichment")
         self.kernels, self.strides, self.channels = (list(map(int, v)) for v in (self.kernels, self.strides, self.channels))
         if not len(self.kernels) == len(self.strides) == len(self.channels) >= 1:
             raise ConfigError(f"model.kernels/strides/channels must have one equal length >= 1, got "
@@ -254,7 +258,7 @@ class PaseEncoder(ModelBase):
         super().__init__()
         self.cfg = cfg
         self.feature_config = feature_config
-        self.enrichment = None  # no M3BERT enrichment layer (callers may look for one)
+        self.enrichment = Enrichment(cfg.emb_dim, cfg.enrichment) if cfg.enrichment is not None else None
         half = (cfg.sinc_kernel - 1) // 2
         self.sinc = Block(SincConv(cfg), 1, cfg.sinc_filters, kernel=cfg.sinc_kernel, stride=1, pad=(half, half), cfg=cfg)
         pads = centred_padding(cfg.kernels, cfg.strides)
@@ -271,11 +275,11 @@ class PaseEncoder(ModelBase):
 
     @property
     def n_hidden_states(self) -> int:
-        return len(self.hidden_state_names)
+        return len(self.hidden_state_names) + (self.enrichment is not None)
 
     @property
     def layer_dims(self) -> list[int]:
-        return [self.cfg.emb_dim] * self.n_hidden_states
+        return [self.cfg.emb_dim] * len(self.hidden_state_names) + ([self.enrichment.out_dim] if self.enrichment else [])
 
     @property
     def frame_rate(self) -> float:
@@ -322,7 +326,8 @@ class PaseEncoder(ModelBase):
         """Append the normalised output and zero every state's padded frames."""
         y = self.norm_out(out.transpose(1, 2), valid).transpose(1, 2)
         m = valid[:, :, None].to(y.dtype)
-        return [s * m for s in (*states, y)]
+        enriched = (self.enrichment(y),) if self.enrichment is not None else ()
+        return [s * m for s in (*states, y, *enriched)]
 
 
 class PasePlusEncoder(PaseEncoder):
