@@ -49,13 +49,15 @@ def wav(tmp_path):
 
 def test_mfcc_baseline_is_kims_120d_statistics(wav):
     clip = Clip("c", wav, 0, "train", "g", start=1.0, end=4.0)
-    got = MfccBaseline().embed_clip(clip)
+    got = MfccBaseline().embed_clip(clip, pooling="meanstd")
     assert got.shape == (1, 120)
     y = sf.read(wav, dtype="float32")[0][22050:4 * 22050]
     m = librosa.feature.mfcc(y=y, sr=22050, n_mfcc=20)
     frames = np.concatenate([m, librosa.feature.delta(m), librosa.feature.delta(m, order=2)]).T
     ref = np.concatenate([frames.mean(0), frames.std(0)])
     np.testing.assert_allclose(got[0], ref, rtol=1e-3, atol=1e-3)
+    # "mean" is the mean only (issue 17: the same pooling as the encoders'), the first half of meanstd
+    np.testing.assert_array_equal(MfccBaseline().embed_clip(clip), got[:, :60])
     # Kim pooling: two 2.5 s slices of the 6 s file (the remainder is dropped), mean+std over them
     whole = Clip("w", wav, 0, "train", "g")
     kim = MfccBaseline().embed_clip(whole, pooling="slices-meanstd")
@@ -111,7 +113,7 @@ def test_hear_module_is_imported_and_used(tmp_path, monkeypatch, wav):
 
 
 def test_unknown_baseline_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"unknown baseline 'vggish'; registered: \['chance', 'mfcc', 'random', 'raw'\]"):
+    with pytest.raises(ConfigError, match=r"unknown baseline 'vggish'; registered: \['chance', 'mfcc', 'random', 'raw', 'tempogram-stats'\]"):
         get_baseline("vggish")
 
 

@@ -112,6 +112,12 @@ def test_pool_frames_mean_and_meanstd():
     np.testing.assert_allclose(ms[:, 8:], x.std(axis=1), atol=1e-6)
     with pytest.raises(ConfigError):
         pool_frames(x, "max")
+    # exactly the float64 mean of the frames (pool_frames avoids the float64 copy; same additions)
+    for shape in [(5, 1294, 24), (1, 20000, 1), (2, 9000, 3), (7, 3)]:
+        y = (np.random.default_rng(1).standard_normal(shape) * 30).astype(np.float32)
+        want = y.astype(np.float64).mean(axis=-2)
+        np.testing.assert_array_equal(pool_frames(y, "mean"), want.astype(np.float32))
+        np.testing.assert_array_equal(pool_frames(y, "meanstd")[..., : shape[-1]], want.astype(np.float32))
 
 
 def test_parse_layers():

@@ -65,12 +65,16 @@ def pool_frames(frames: np.ndarray, pool: str) -> np.ndarray:
     """
     if pool not in POOLS:
         raise ConfigError(f"pool={pool!r}; expected one of {list(POOLS)}")
-    x = np.asarray(frames, dtype=np.float64)
-    if x.ndim < 2 or x.shape[-2] == 0:
-        raise ConfigError(f"pool_frames: expected (..., frames, dim) with frames > 0, got {x.shape}")
-    mean = x.mean(axis=-2)
+    frames = np.asarray(frames)
+    if frames.ndim < 2 or frames.shape[-2] == 0:
+        raise ConfigError(f"pool_frames: expected (..., frames, dim) with frames > 0, got {frames.shape}")
+    # the float64 mean without a float64 copy of all frames (3x faster on a clip's 5 x 1294 x 768
+    # states): numpy adds the same values in the same order, so the result is bit for bit
+    # ``frames.astype(float64).mean(-2)`` (tests/test_embed.py)
+    mean = np.add.reduce(frames, axis=-2, dtype=np.float64) / frames.shape[-2]
     if pool == "mean":
         return mean.astype(np.float32)
+    x = np.asarray(frames, dtype=np.float64)
     return np.concatenate([mean, x.std(axis=-2)], axis=-1).astype(np.float32)
 
 

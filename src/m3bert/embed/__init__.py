@@ -9,6 +9,7 @@ from m3bert.embed.embedder import (  # noqa: F401
     LEVELS,
     Embedder,
     EmbedResult,
+    Failed,
     Prepared,
     load_model,
     parse_layers,

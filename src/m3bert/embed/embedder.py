@@ -55,6 +55,25 @@ equal-length), so nothing is ever padded and every output is bitwise independent
 was in the batch. ``pad_batches=True`` pads mixed lengths with a key-padding mask instead
 (padded frames never influence real ones; outputs then agree to ~1e-6 in fp32).
 
+Pipeline
+--------
+Decoding, resampling and feature extraction of the next inputs run in a background thread
+(:func:`m3bert.features.pool.prefetch`), at most ``prefetch`` inputs (default: a batch) ahead of
+the encoder, so on a machine with a spare core they are hidden behind the encoder; a streamed long
+input's windows are produced the same way, a batch ahead. The thread computes exactly what the
+sequential loop computes, with the same functions, and the encoder still runs in the calling
+thread with its thread count, so every output is bit for bit that of ``prefetch=0`` (tested).
+The two stages are public for callers that produce inputs themselves (the benchmark's feature
+cache, which decodes every clip once for all its representations): :meth:`Embedder.open_job`
+(decode -> features -> windows; safe in a producer thread) and :meth:`Embedder.iter_jobs`
+(batched encoder -> stitching -> pooling).
+
+Precision: ``dtype="fp32"``; ``"bf16"`` (autocast: matmuls and attention in bfloat16 with fp32
+accumulation, on CPU and CUDA); ``"int8"`` (CPU only, opt-in: a copy of the encoder with every
+``nn.Linear`` dynamically quantised to int8, see
+:func:`m3bert.models.encoder.quantize_int8`; the fp32 weights and ``model_id`` are unchanged).
+On CUDA, batches are copied from pinned host memory with non-blocking copies.
+
 Why the stitched frames cannot equal a single pass over the whole file: the encoder's absolute
 positions and its CMVN statistics are per window, by design (that is what the model was trained
 on). With sinusoidal positions and *random* weights the position term dominates every frame, so
@@ -79,13 +98,16 @@ from m3bert.core.errors import AudioError, CheckpointError, ConfigError, M3bertE
 from m3bert.core.progress import progress as progress_bar
 from m3bert.embed.incremental import Pooling, WindowStream, seam
 from m3bert.features.memo import FeatureMemo
+from m3bert.features.pool import prefetch as prefetch_items
 from m3bert.features.stream import BlockFeatures, StreamMismatch, array_chunks, can_stream, open_file, stream_samples
+from m3bert.models.encoder import quantize_int8
 from m3bert.models.hub import check_feature_set, load_encoder, model_id
 from m3bert.windows import POOLS, pool_frames, stitch, window_owners, window_starts
 
 __all__ = [
     "Embedder",
     "EmbedResult",
+    "Failed",
     "load_model",
     "window_starts",
     "window_owners",
@@ -97,7 +119,10 @@ __all__ = [
 ]
 
 LEVELS = ("clip", "frame")
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+# dtype -> autocast dtype (None: no autocast); "int8" runs a dynamically quantised copy in fp32 otherwise
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "int8": None}
+#: Inputs decoded and featurised ahead of the encoder by default: ``None`` = one encoder batch.
+PREFETCH: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +182,7 @@ def load_model(
     hop_frames: int | None = None,
     pad_batches: bool = False,
     feature_memo: FeatureMemo | None = None,
+    prefetch: int | None = PREFETCH,
 ) -> "Embedder":
     """Load an :class:`Embedder` from a model dir, a run dir, a checkpoint dir or ``random:CONFIG[:SEED]``.
 
@@ -169,7 +195,7 @@ def load_model(
     encoder.eval().requires_grad_(False)  # a fresh object of ours: inference only
     return Embedder(encoder, device=device, dtype=dtype, window_frames=window_frames,
                     hop_frames=hop_frames, source=source, pad_batches=pad_batches,
-                    feature_memo=feature_memo)
+                    feature_memo=feature_memo, prefetch=prefetch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +212,7 @@ class EmbedResult:
     output: Any = None  # clip: (D,) / (n_layers, D); frame: (frames, times_ms)
     error: str | None = None  # why the item failed (only with errors="skip")
     n_samples: int = 0  # decoded samples at the model's sample rate (0 if failed)
+    exception: M3bertError | None = None  # the failure as an exception naming the input (with error)
 
 
 @dataclass
@@ -199,6 +226,14 @@ class Prepared:
     starts: list[int]  # window start frames
     windows: list[np.ndarray] = field(default_factory=list)  # each (window_len, C) float32, normalised
     where: str = ""  # the input's name in messages
+
+
+@dataclass
+class Failed:
+    """An input that could not be opened (decoded, featurised, windowed): its error, naming it."""
+
+    error: M3bertError  # what the caller sees (names the input)
+    cause: BaseException  # what was raised
 
 
 @dataclass
@@ -232,6 +267,7 @@ class Embedder:
         source: str = "<in memory>",
         pad_batches: bool = False,
         feature_memo: FeatureMemo | None = None,
+        prefetch: int | None = PREFETCH,
     ) -> None:
         if dtype not in DTYPES:
             raise ConfigError(f"dtype={dtype!r}; expected one of {list(DTYPES)}")
@@ -266,6 +302,17 @@ class Embedder:
         # on a GPU with many short clips), outputs equal to ~1e-6.
         self.pad_batches = bool(pad_batches)
         self.feature_memo = feature_memo  # optional, shared with other Embedders over the same audio
+        if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer))
+                                     or prefetch < 0):
+            raise ConfigError(f"prefetch={prefetch!r}; expected an integer >= 0 (0 = no background thread) or None")
+        # inputs decoded + featurised ahead of the encoder in a background thread; None = one batch
+        self.prefetch = None if prefetch is None else int(prefetch)
+        if dtype == "int8" and self.device.type != "cpu":
+            raise ConfigError(f"dtype='int8' runs on the CPU only (dynamic quantisation); the model is on "
+                              f"{self.device}. Use 'bf16' on a GPU")
+        # int8: a quantised copy made now (later changes to the encoder's weights are not seen by it);
+        # the fp32 encoder stays as given and defines model_id
+        self._int8: Any = quantize_int8(self.encoder) if dtype == "int8" else None
         self._model_id: str | None = None
 
     # -- facts --------------------------------------------------------------------------------
@@ -371,16 +418,94 @@ class Embedder:
         progress: bool = True,
         errors: str = "raise",
         on_prepare_error: Callable[[Any, Exception], None] | None = None,
+        prefetch: int | None = None,
     ) -> Iterator[EmbedResult]:
         """Yield one :class:`EmbedResult` per item, in input order, holding memory flat.
 
-        Items are read a few at a time until ``batch_size`` windows are ready, run through the
-        encoder together, stitched, pooled and yielded; an input longer than
-        ``stream.STREAM_SECONDS`` runs alone, block by block. ``errors="skip"``: an item that
-        fails for any reason (decoding, features, encoder, a non-finite output) yields
-        ``EmbedResult(error=...)`` and the others go on; ``errors="raise"`` raises its error
-        (an ``M3bertError`` naming the input).
+        Items are decoded and featurised by a background thread up to ``prefetch`` items ahead
+        (default: the Embedder's ``prefetch``, else ``batch_size``; 0 = in this thread), gathered
+        until ``batch_size`` windows are ready, run through the encoder together, stitched, pooled
+        and yielded; an input longer than ``stream.STREAM_SECONDS`` runs alone, block by block.
+        ``errors="skip"``: an item that fails for any reason (decoding, features, encoder, a
+        non-finite output) yields ``EmbedResult(error=...)`` and the others go on;
+        ``errors="raise"`` raises its error (an ``M3bertError`` naming the input).
+        Items: paths, mono waveforms (with ``sample_rate``) or audio sources (objects with
+        ``waveform(sample_rate) -> (n_samples,)`` and a ``where`` string naming them).
         """
+        run = self._run(level=level, layers=layers, pool=pool, batch_size=batch_size, errors=errors, prefetch=prefetch)
+        items = list(items) if not isinstance(items, list) else items
+        depth = run[6]
+        jobs = prefetch_items(((i, item, self.open_job(item, sample_rate=sample_rate, index=i))
+                               for i, item in enumerate(items)), depth=depth)
+        with contextlib.closing(jobs):
+            yield from self.iter_jobs(jobs, level=level, layers=layers, pool=pool, batch_size=batch_size,
+                                      progress=progress, errors=errors, on_prepare_error=on_prepare_error,
+                                      total=len(items), _run=run)
+
+    def open_job(self, item: Any, *, sample_rate: int | None = None, index: int = 0) -> Any:
+        """Stage 1 of :meth:`iter_embed`: decode ``item``, extract its features and cut its windows.
+
+        Returns a job for :meth:`iter_jobs` (a long input's features are left to stream), or a
+        :class:`Failed` naming the input; never raises for a bad input. Safe to call in a producer
+        thread while the encoder runs in another (the feature code keeps to its own thread)."""
+        try:
+            return self._open(item, sample_rate=sample_rate, index=index)
+        except Exception as exc:  # whatever failed for this input: its failure, not the batch's
+            return Failed(_item_error(_where(item, index), exc), exc)
+
+    def iter_jobs(
+        self,
+        jobs: Iterable[tuple[int, Any, Any]],
+        *,
+        level: str = "clip",
+        layers: int | str | Sequence[int] = -1,
+        pool: str = "mean",
+        batch_size: int = 8,
+        progress: bool = False,
+        errors: str = "raise",
+        on_prepare_error: Callable[[Any, Exception], None] | None = None,
+        total: int | None = None,
+        _run: tuple | None = None,
+    ) -> Iterator[EmbedResult]:
+        """Stage 2 of :meth:`iter_embed`: ``(index, item, open_job(item))`` triples, in order ->
+        one :class:`EmbedResult` each, in the same order (the encoder batches windows of several
+        inputs; a streamed input runs alone, its windows produced a batch ahead)."""
+        run = _run or self._run(level=level, layers=layers, pool=pool, batch_size=batch_size, errors=errors,
+                                prefetch=None)
+        bar = progress_bar(total=total, desc="embed", unit="file") if progress else None
+        try:
+            pending: list[Prepared] = []
+            n_windows = 0
+            for i, item, job in jobs:
+                if isinstance(job, Failed):
+                    if errors == "raise":
+                        _raise(job.error, job.cause)
+                    if on_prepare_error is not None:
+                        on_prepare_error(item, job.error)
+                    # flush what came before so output order is kept
+                    yield from self._finish(pending, run, bar)
+                    pending, n_windows = [], 0
+                    if bar is not None:
+                        bar.update(1)
+                    yield EmbedResult(index=i, item=item, error=str(job.error), exception=job.error)
+                    continue
+                if isinstance(job, _Long):  # alone, block by block, after what came before
+                    yield from self._finish(pending, run, bar)
+                    pending, n_windows = [], 0
+                    yield from self._finish_long(job, run, bar)
+                    continue
+                pending.append(job)
+                n_windows += len(job.windows)
+                if n_windows >= run[4]:
+                    yield from self._finish(pending, run, bar)
+                    pending, n_windows = [], 0
+            yield from self._finish(pending, run, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _run(self, *, level: str, layers: Any, pool: str, batch_size: int, errors: str, prefetch: int | None) -> tuple:
+        """The checked settings of one run: ``(idx, squeeze, level, pool, batch_size, errors, prefetch depth)``."""
         if level not in LEVELS:
             raise ConfigError(f"level={level!r}; expected one of {list(LEVELS)}")
         if level == "clip" and pool not in POOLS:
@@ -391,45 +516,16 @@ class Embedder:
             raise ConfigError(f"batch_size={batch_size}; expected >= 1")
         idx, squeeze = parse_layers(layers, self.n_hidden_states)
         self._stack_dim(idx)
-        items = list(items) if not isinstance(items, list) else items
-        bar = None
-        if progress:
+        return (idx, squeeze, level, pool, int(batch_size), errors, self._depth(prefetch, int(batch_size)))
 
-            bar = progress_bar(total=len(items), desc="embed", unit="file")
-        run = (idx, squeeze, level, pool, int(batch_size), errors)
-        try:
-            pending: list[Prepared] = []
-            n_windows = 0
-            for i, item in enumerate(items):
-                try:
-                    job = self._open(item, sample_rate=sample_rate, index=i)
-                except Exception as exc:  # whatever failed for this input: its failure, not the batch's
-                    err = _item_error(_where(item, i), exc)
-                    if errors == "raise":
-                        _raise(err, exc)
-                    if on_prepare_error is not None:
-                        on_prepare_error(item, err)
-                    # flush what came before so output order is kept
-                    yield from self._finish(pending, run, bar)
-                    pending, n_windows = [], 0
-                    if bar is not None:
-                        bar.update(1)
-                    yield EmbedResult(index=i, item=item, error=str(err))
-                    continue
-                if isinstance(job, _Long):  # alone, block by block, after what came before
-                    yield from self._finish(pending, run, bar)
-                    pending, n_windows = [], 0
-                    yield from self._finish_long(job, run, bar)
-                    continue
-                pending.append(job)
-                n_windows += len(job.windows)
-                if n_windows >= batch_size:
-                    yield from self._finish(pending, run, bar)
-                    pending, n_windows = [], 0
-            yield from self._finish(pending, run, bar)
-        finally:
-            if bar is not None:
-                bar.close()
+    def _depth(self, prefetch: int | None, batch_size: int) -> int:
+        """Items the producer thread may run ahead: the argument, else the Embedder's, else a batch."""
+        depth = self.prefetch if prefetch is None else prefetch
+        if depth is None:
+            return max(2, batch_size)
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+            raise ConfigError(f"prefetch={depth!r}; expected an integer >= 0 (0 = no background thread) or None")
+        return int(depth)
 
     # -- internals ----------------------------------------------------------------------------
     def _stack_dim(self, idx: list[int]) -> int:
@@ -462,7 +558,10 @@ class Embedder:
             min_samples = int(getattr(self.feature_set, "min_samples", 1))
             x, chunks = open_file(item, sample_rate=self.sample_rate, min_samples=min_samples)
         else:
-            x = self._waveform(item, sample_rate, where)
+            # an audio source is decoded by its owner (e.g. once for several models); the job keeps
+            # the source, not its samples
+            wave, rate = (item.waveform(self.sample_rate), self.sample_rate) if is_audio_source(item) else (item, sample_rate)
+            x = self._waveform(wave, rate, where)
             chunks = array_chunks(x, self.sample_rate) if x.size > stream_samples(self.sample_rate) else None
         if chunks is not None:
             if can_stream(self.feature_set):
@@ -541,6 +640,8 @@ class Embedder:
         # across forward passes instead of re-casting them for every chunk.
         precision = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                      else contextlib.nullcontext())
+        encoder = self._int8 if self._int8 is not None else self.encoder
+        cuda = device.type == "cuda"
         was_training = self.encoder.training
         self.encoder.eval()
         try:
@@ -550,9 +651,11 @@ class Embedder:
                     batch = np.zeros((len(chunk), max(lengths), windows[chunk[0]].shape[1]), dtype=np.float32)
                     for j, k in enumerate(chunk):
                         batch[j, : lengths[j]] = windows[k]
-                    frames = torch.from_numpy(batch).to(device)
+                    frames = torch.from_numpy(batch)
+                    # on a GPU: page-locked host memory, so the copy runs asynchronously to the host code
+                    frames = frames.pin_memory().to(device, non_blocking=True) if cuda else frames.to(device)
                     lens = torch.tensor(lengths, dtype=torch.long, device=device)
-                    states = self.encoder(frames, lens)
+                    states = encoder(frames, lens)
                     sel = torch.stack([states[i].float() for i in idx], dim=1).cpu().numpy()  # (B, n_sel, T, D)
                     for j, k in enumerate(chunk):
                         out[k] = sel[j, :, : lengths[j]]
@@ -564,7 +667,7 @@ class Embedder:
         """Encode the windows of ``pending`` together, then stitch, pool and check each input."""
         if not pending:
             return
-        idx, squeeze, level, pool, batch_size, errors = run
+        idx, squeeze, level, pool, batch_size, errors, depth = run
         flat = [w for p in pending for w in p.windows]
         try:
             encoded: list[np.ndarray] | Exception = self._encode_windows(flat, idx, batch_size)
@@ -589,7 +692,7 @@ class Embedder:
                 err = _item_error(p.where or _where(p.item, p.index), exc)
                 if errors == "raise":
                     _raise(err, exc)
-                result = EmbedResult(index=p.index, item=p.item, error=str(err))
+                result = EmbedResult(index=p.index, item=p.item, error=str(err), exception=err)
             pos += len(p.windows)
             if bar is not None:
                 bar.update(1)
@@ -597,7 +700,7 @@ class Embedder:
 
     def _finish_long(self, job: _Long, run: tuple, bar: Any) -> Iterator[EmbedResult]:
         """Embed one streamed input (falling back to the whole-input path if streaming cannot be exact)."""
-        idx, squeeze, level, pool, batch_size, errors = run
+        idx, squeeze, level, pool, batch_size, errors, depth = run
         try:
             result = EmbedResult(index=job.index, item=job.item, output=self._embed_long(job, run),
                                  n_samples=int(job.feats.n_samples))
@@ -609,7 +712,7 @@ class Embedder:
                 err = _item_error(job.where, exc)
                 if errors == "raise":
                     _raise(err, exc)
-                result = EmbedResult(index=job.index, item=job.item, error=str(err))
+                result = EmbedResult(index=job.index, item=job.item, error=str(err), exception=err)
             else:
                 yield from self._finish([prep], run, bar)
                 return
@@ -617,7 +720,7 @@ class Embedder:
             err = _item_error(job.where, exc)
             if errors == "raise":
                 _raise(err, exc)
-            result = EmbedResult(index=job.index, item=job.item, error=str(err))
+            result = EmbedResult(index=job.index, item=job.item, error=str(err), exception=err)
         if bar is not None:
             bar.update(1)
         yield result
@@ -625,7 +728,7 @@ class Embedder:
     def _embed_long(self, job: _Long, run: tuple) -> Any:
         """Windows of a streamed input, encoded ``batch_size`` at a time, each window's owned frames
         pooled as soon as the next window's start is known: memory bounded by a batch of windows."""
-        idx, squeeze, level, pool, batch_size, errors = run
+        idx, squeeze, level, pool, batch_size, errors, depth = run
         windows = WindowStream(job.feats, window=self.window_frames, hop=self.hop_frames)
         pooled = Pooling(level, pool)
         batch: list[tuple[int, np.ndarray]] = []
@@ -640,12 +743,17 @@ class Embedder:
                 pooled.add(states[:, owned_from - start: stop - start])
                 owned_from = stop
 
-        for start, frames in windows:
-            batch.append((start, self._window(frames, job.where)))
-            if len(batch) >= batch_size:
-                encoded.extend(zip([b[0] for b in batch], self._encode_windows([b[1] for b in batch], idx, batch_size)))
-                batch = []
-                drain(False)
+        # the next windows (decoding + features of their blocks) are computed a batch ahead
+        ahead = prefetch_items(((start, self._window(frames, job.where)) for start, frames in windows),
+                               depth=depth)
+        with contextlib.closing(ahead):
+            for start, window in ahead:
+                batch.append((start, window))
+                if len(batch) >= batch_size:
+                    encoded.extend(zip([b[0] for b in batch],
+                                       self._encode_windows([b[1] for b in batch], idx, batch_size)))
+                    batch = []
+                    drain(False)
         if batch:
             encoded.extend(zip([b[0] for b in batch], self._encode_windows([b[1] for b in batch], idx, batch_size)))
         drain(True)
@@ -683,10 +791,17 @@ def _normalize_window(feature_set: Any, frames: np.ndarray) -> np.ndarray:
     return np.asarray(feature_set.normalize(frames), dtype=np.float32)
 
 
+def is_audio_source(item: Any) -> bool:
+    """An input that decodes itself: ``item.waveform(sample_rate) -> (n_samples,)`` and ``item.where``."""
+    return callable(getattr(item, "waveform", None)) and isinstance(getattr(item, "where", None), str)
+
+
 def _where(item: Any, index: int) -> str:
-    """How messages name an input: its path, or the waveform's position in the batch."""
+    """How messages name an input: its path (or an audio source's name), or the waveform's position in the batch."""
     if isinstance(item, (str, os.PathLike)):
         return str(item)
+    if is_audio_source(item):
+        return item.where
     return f"waveform #{index} ({type(item).__name__})"
 
 

@@ -2,9 +2,13 @@
 
 A representation has a ``name`` (row label in reports), a ``cache_key`` (identity of everything
 that shapes its output: weights, settings, code version), ``layer_names`` and
-``embed_clips(clips, *, pooling) -> (n_clips, n_layers, D)`` float32. Poolings:
+``embed_clips(clips, *, pooling) -> (n_clips, n_layers, D)`` float32. Poolings, the same for every
+representation that has frames (encoders, the raw-feature and MFCC baselines, the random encoder),
+so rows are compared like for like (issue 17):
 
-* ``"mean"`` -- the time-average of the frames of the clip (MARBLE / M3BERT downstream setup);
+* ``"mean"`` -- per layer, the time-average of the frames of the clip (MARBLE / M3BERT downstream setup);
+* ``"meanstd"`` -- per layer, the mean and the (population) standard deviation over the frames,
+  concatenated (``D`` doubles): the statistics Kim et al. and the classic MFCC baselines use;
 * ``"slices-meanstd"`` -- Kim et al. (2020, sec. 4.4.1): the clip is cut into non-overlapping
   2.5 s slices, each slice is embedded on its own, and the mean and the standard deviation over
   slices are concatenated (``D`` doubles). A clip shorter than one slice is one slice.
@@ -14,6 +18,14 @@ an embeddings folder (:class:`EmbeddingsDirRepresentation`, ``--embeddings NAME:
 is :mod:`m3bert.embed.folder`'s) and
 any HEAR 2021 module (:class:`HearRepresentation`, ``--hear MODULE[:WEIGHTS]``). Hand-made
 baselines live in :mod:`m3bert.evaluate.baselines`.
+
+Decoding once, features ahead (issue 18): a representation with ``shares_audio`` splits its work
+into :meth:`Representation.prepare_clip` (resampling and features of one clip's audio, which
+:class:`ClipAudio` decodes once for every representation of a benchmark; run in a producer thread)
+and :meth:`Representation.finish_clips` (the encoder, batched over clips, in the calling thread).
+``embed_clips`` runs the two as a pipeline (:func:`m3bert.features.pool.prefetch`);
+:meth:`m3bert.evaluate.cache.FeatureCache.get_many` runs them for several representations in one
+pass over the clips. The numbers are those of decoding the clip for each representation.
 
 Failures: ``embed_clips(..., on_error=fn)`` calls ``fn(clip, exc)`` for a clip that cannot be
 embedded and leaves its row NaN (the caller records and drops it); without ``on_error`` the
@@ -25,22 +37,27 @@ from __future__ import annotations
 import contextlib
 import importlib
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from collections import deque
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 
-from m3bert.audio import load_audio
+from m3bert.audio import load_audio, resample, validate_waveform
 from m3bert.core.errors import ConfigError, DataError, M3bertError
 from m3bert.core.io import file_sha1
 from m3bert.core.progress import progress as progress_bar
-from m3bert.embed import Embedder, load_model
+from m3bert.embed import Embedder, Failed, load_model
 from m3bert.embed.folder import EmbeddingsFolder
 from m3bert.features.memo import FeatureMemo
+from m3bert.features.pool import prefetch
 from m3bert.tasks.registry import Clip
 
-POOLINGS = ("mean", "slices-meanstd")
+POOLINGS = ("mean", "meanstd", "slices-meanstd")
 SLICE_SECONDS = 2.5  # Kim et al.'s slice length
+#: Clips decoded and prepared (features) ahead of the encoders by the producer thread.
+PREFETCH_CLIPS = 8
 ErrorHook = Callable[[Clip, Exception], None]
 
 
@@ -59,6 +76,64 @@ def load_clip_audio(clip: Clip, *, sample_rate: int) -> np.ndarray:
     return load_audio(clip.path, sample_rate=sample_rate, offset=float(clip.start or 0.0), duration=clip_duration(clip))
 
 
+class ClipAudio:
+    """One clip's audio, decoded once at the file's own rate and resampled on request.
+
+    ``waveform(sample_rate)`` is ``load_clip_audio(clip, sample_rate=...)`` bit for bit (the same
+    decode, then the same soxr call on the same samples), so any number of representations at any
+    rates share one decode. An audio source for :meth:`m3bert.embed.Embedder.open_job` (``where``
+    names it in messages). A decoding failure is kept and raised by every ``waveform`` call.
+    """
+
+    def __init__(self, clip: Clip) -> None:
+        self.clip = clip
+        self.where = str(clip.path)
+        self._native: np.ndarray | None = None  # (n_samples,) at the file's rate
+        self._rate: int | None = None
+        self._error: M3bertError | None = None
+        self._by_rate: dict[int, np.ndarray] = {}
+
+    def decode(self) -> "ClipAudio":
+        """Decode now (in a producer thread); a failure is kept for ``waveform``."""
+        if self._native is None and self._error is None:
+            try:
+                rate: int | None = int(sf.info(self.where).samplerate)
+            except Exception:  # missing or unreadable: load_audio below says why, naming the file
+                rate = None
+            try:
+                if rate is None:
+                    load_clip_audio(self.clip, sample_rate=44100)
+                    return self  # readable after all (a name soundfile.info refuses): decoded per rate
+                self._native = load_audio(self.clip.path, sample_rate=rate, offset=float(self.clip.start or 0.0),
+                                          duration=clip_duration(self.clip), min_samples=1)
+                self._rate = rate
+            except M3bertError as exc:
+                self._error = exc
+        return self
+
+    def waveform(self, sample_rate: int) -> np.ndarray:
+        """The clip at ``sample_rate``: mono float32 ``(n_samples,)``, checked as ``load_audio`` checks it."""
+        if self._error is not None:
+            raise self._error
+        if self._native is None:
+            self.decode()
+            if self._error is not None:
+                raise self._error
+            if self._native is None:
+                return load_clip_audio(self.clip, sample_rate=sample_rate)
+        sr = int(sample_rate)
+        if sr not in self._by_rate:
+            y = resample(self._native, orig_sample_rate=int(self._rate), sample_rate=sr)
+            self._by_rate[sr] = validate_waveform(y, sample_rate=sr, source=self.where)
+        return self._by_rate[sr]
+
+    def release(self) -> None:
+        """Let go of the samples (the representations have prepared the clip)."""
+        self._native, self._by_rate = None, {}
+        if self._error is None:
+            self._error = DataError(f"{self.where}: audio released (internal error: used after preparation)")
+
+
 def slice_waveform(waveform: np.ndarray, *, sample_rate: int, seconds: float = SLICE_SECONDS) -> list[np.ndarray]:
     """Non-overlapping ``seconds``-long slices ``[(n,), ...]``; the remainder is dropped (Kim et al.);
     a waveform shorter than one slice is returned whole."""
@@ -66,6 +141,14 @@ def slice_waveform(waveform: np.ndarray, *, sample_rate: int, seconds: float = S
     if waveform.shape[0] < n:
         return [waveform]
     return [waveform[i:i + n] for i in range(0, waveform.shape[0] - n + 1, n)]
+
+
+def frame_stats(frames: np.ndarray, pooling: str) -> np.ndarray:
+    """Frames ``(n_frames, C)`` -> ``(C,)`` mean (``"mean"``) or ``(2C,)`` mean and std (``"meanstd"``), float32."""
+    mean = frames.mean(0)
+    if pooling == "mean":
+        return mean.astype(np.float32)
+    return np.concatenate([mean, frames.std(0)]).astype(np.float32)
 
 
 def mean_std_over(slices: np.ndarray) -> np.ndarray:
@@ -92,6 +175,7 @@ class Representation:
     poolings: tuple[str, ...] = POOLINGS  # poolings it can produce
     predictor: str | None = None  # "chance": evaluated without a probe
     cacheable: bool = True  # False when extraction is free (chance)
+    shares_audio: bool = False  # True: prepare_clip / finish_clips take audio decoded once (ClipAudio)
 
     @property
     def cache_key(self) -> str:
@@ -118,24 +202,58 @@ class Representation:
         """``(n_layers, D)`` for one clip."""
         raise NotImplementedError
 
+    def prepare_clip(self, audio: ClipAudio, *, pooling: str) -> Any:
+        """Stage 1 (``shares_audio``), in a producer thread: the work that needs no encoder
+        (resampling, features) on the clip's shared audio. Default: nothing (``audio`` itself)."""
+        return audio
+
+    def finish_clips(self, prepared: Iterable[Any], *, pooling: str) -> Iterator[np.ndarray | M3bertError]:
+        """Stage 2, in the calling thread: per prepared clip, in order, its row ``(n_layers, D)`` or
+        the ``M3bertError`` that stopped it. Default: :meth:`embed_clip` of each clip."""
+        for audio in prepared:
+            try:
+                yield np.asarray(self.embed_clip(audio.clip, pooling=pooling), dtype=np.float32)
+            except M3bertError as exc:
+                yield exc
+
     def embed_clips(self, clips: Sequence[Clip], *, pooling: str = "mean", progress: bool = False,
                     on_error: ErrorHook | None = None) -> np.ndarray:
         """``(n_clips, n_layers, D)`` float32; failed rows are NaN when ``on_error`` is given."""
         self.check_pooling(pooling)
         rows: list[np.ndarray | None] = []
-        it = progress_bar(clips, desc=f"embed {self.name}", unit="clip", leave=False) if progress else clips
-        for clip in it:
+        bar = progress_bar(total=len(clips), desc=f"embed {self.name}", unit="clip", leave=False) if progress else None
+        if self.shares_audio:  # decoding and features in a producer thread, the encoder here
+            results: Iterable[Any] = self.finish_clips(prefetch(self._prepared(clips, pooling), depth=PREFETCH_CLIPS),
+                                                      pooling=pooling)
+        else:
+            results = self.finish_clips((ClipAudio(c) for c in clips), pooling=pooling)
+        try:
+            for clip, row in zip(clips, results):
+                if isinstance(row, M3bertError):
+                    if on_error is None:
+                        raise row
+                    on_error(clip, row)
+                    rows.append(None)
+                else:
+                    rows.append(np.asarray(row, dtype=np.float32))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            getattr(results, "close", lambda: None)()
+            if bar is not None:
+                bar.close()
+        return fill_failed(rows, len(self.layer_names))
+
+    def _prepared(self, clips: Sequence[Clip], pooling: str) -> Iterator[Any]:
+        for clip in clips:
+            audio = ClipAudio(clip).decode()
             try:
-                rows.append(np.asarray(self.embed_clip(clip, pooling=pooling), dtype=np.float32))
-            except M3bertError as exc:
-                if on_error is None:
-                    raise
-                on_error(clip, exc)
-                rows.append(None)
-        return _fill_failed(rows, len(self.layer_names))
+                yield self.prepare_clip(audio, pooling=pooling)
+            finally:
+                audio.release()
 
 
-def _fill_failed(rows: list[np.ndarray | None], n_layers: int) -> np.ndarray:
+def fill_failed(rows: list[np.ndarray | None], n_layers: int) -> np.ndarray:
     good = [r for r in rows if r is not None]
     shape = good[0].shape if good else (n_layers, 0)
     out = np.full((len(rows), *shape), np.nan, np.float32)
@@ -148,7 +266,8 @@ def _fill_failed(rows: list[np.ndarray | None], n_layers: int) -> np.ndarray:
 
 
 class ModelRepresentation(Representation):
-    """An m3bert model through :func:`m3bert.embed.load_model` (all hidden states, time-mean).
+    """An m3bert model through :func:`m3bert.embed.load_model`: every hidden state, pooled over the
+    clip's frames (``mean``, ``meanstd``) or over Kim's slices (``slices-meanstd``).
 
     ``embedder``: an already loaded model for ``spec`` (else it is loaded). ``feature_memo``: a
     :class:`~m3bert.features.memo.FeatureMemo` the model shares with others over the same audio
@@ -157,6 +276,7 @@ class ModelRepresentation(Representation):
     """
 
     kind = "model"
+    shares_audio = True
 
     def __init__(self, spec: str, *, name: str | None = None, batch_size: int = 8, embedder: Embedder | None = None,
                  feature_memo: FeatureMemo | None = None) -> None:
@@ -200,61 +320,49 @@ class ModelRepresentation(Representation):
         finally:
             self.embedder.feature_memo = None
 
-    def _embed_waves(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+    def prepare_clip(self, audio: ClipAudio, *, pooling: str) -> list[Any]:
+        """The clip's encoder jobs (``Embedder.open_job``: features and windows; a :class:`Failed`
+        names what went wrong): one job, or one per 2.5 s slice with ``slices-meanstd``."""
+        if pooling != "slices-meanstd":
+            return [self.embedder.open_job(audio)]
         sr = int(self.embedder.sample_rate)
-        outs = self.embedder.embed_many(waves, sample_rate=sr, level="clip", layers="all", pool="mean",
-                                        batch_size=self.batch_size, progress=False, errors="raise")
-        return [stack_layers(list(o)) for o in outs]
+        try:
+            slices = slice_waveform(audio.waveform(sr), sample_rate=sr)
+        except M3bertError as exc:
+            return [Failed(exc, exc)]
+        return [self.embedder.open_job(s, sample_rate=sr, index=k) for k, s in enumerate(slices)]
+
+    def finish_clips(self, prepared: Iterable[list[Any]], *, pooling: str) -> Iterator[np.ndarray | M3bertError]:
+        """The encoder over the jobs of consecutive clips, batched together (``Embedder.iter_jobs``)."""
+        sizes: deque[int] = deque()
+
+        def jobs() -> Iterator[tuple[int, Any, Any]]:
+            k = 0
+            for clip_jobs in prepared:
+                sizes.append(len(clip_jobs))
+                for job in clip_jobs:
+                    yield k, getattr(job, "item", None), job
+                    k += 1
+
+        pool = "mean" if pooling == "slices-meanstd" else pooling
+        group: list[Any] = []
+        results = self.embedder.iter_jobs(jobs(), level="clip", layers="all", pool=pool, batch_size=self.batch_size,
+                                          errors="skip")
+        for res in results:
+            group.append(res)
+            if len(group) < sizes[0]:
+                continue
+            sizes.popleft()
+            failed = next((r.exception for r in group if r.exception is not None), None)
+            if failed is not None:
+                yield failed
+            else:
+                vecs = np.stack([stack_layers(list(r.output)) for r in group])  # (n_slices, L, D)
+                yield vecs[0] if pooling != "slices-meanstd" else mean_std_over(vecs)
+            group = []
 
     def embed_clip(self, clip: Clip, *, pooling: str = "mean") -> np.ndarray:
         return self.embed_clips([clip], pooling=pooling)[0]
-
-    def embed_clips(self, clips: Sequence[Clip], *, pooling: str = "mean", progress: bool = False,
-                    on_error: ErrorHook | None = None) -> np.ndarray:
-        self.check_pooling(pooling)
-        sr = int(self.embedder.sample_rate)
-        rows: list[np.ndarray | None] = [None] * len(clips)
-        bar = progress_bar(total=len(clips), desc=f"embed {self.name}", unit="clip", leave=False) if progress else None
-        step = max(1, self.batch_size)
-        for start in range(0, len(clips), step):
-            batch = list(range(start, min(len(clips), start + step)))
-            waves: dict[int, np.ndarray] = {}
-            for i in batch:
-                try:
-                    waves[i] = load_clip_audio(clips[i], sample_rate=sr)
-                except M3bertError as exc:
-                    if on_error is None:
-                        raise
-                    on_error(clips[i], exc)
-            if pooling == "mean":
-                todo = [(i, [w]) for i, w in waves.items()]
-            else:
-                todo = [(i, slice_waveform(w, sample_rate=sr)) for i, w in waves.items()]
-            flat = [s for _, ss in todo for s in ss]
-            try:
-                vecs = self._embed_waves(flat) if flat else []
-            except M3bertError:  # one bad clip must not sink the batch: redo one by one
-                if on_error is None:
-                    raise
-                vecs = None
-            pos = 0
-            for i, ss in todo:
-                if vecs is not None:
-                    mine = vecs[pos:pos + len(ss)]
-                    pos += len(ss)
-                else:
-                    try:
-                        mine = self._embed_waves(ss)
-                    except M3bertError as exc:
-                        on_error(clips[i], exc)
-                        continue
-                arr = np.stack(mine)  # (n_slices, L, D)
-                rows[i] = arr[0] if pooling == "mean" else mean_std_over(arr)
-            if bar is not None:
-                bar.update(len(batch))
-        if bar is not None:
-            bar.close()
-        return _fill_failed(rows, len(self.layer_names))
 
 
 def _default_model_name(spec: str) -> str:
@@ -330,9 +438,13 @@ class EmbeddingsDirRepresentation(Representation):
 
 
 class HearRepresentation(Representation):
-    """Any HEAR 2021 module: ``load_model([weights])`` + ``get_scene_embeddings(audio (n, samples), model) -> (n, D)``."""
+    """Any HEAR 2021 module: ``load_model([weights])`` + ``get_scene_embeddings(audio (n, samples), model) -> (n, D)``.
+
+    Poolings: ``mean`` is the module's scene embedding and ``slices-meanstd`` mean+std of the
+    slices' scene embeddings; no ``meanstd`` (the scene API gives no frames to take a std over)."""
 
     kind = "hear"
+    poolings = ("mean", "slices-meanstd")
 
     def __init__(self, module: str, weights: str | None = None, *, name: str | None = None) -> None:
         try:

@@ -1,4 +1,4 @@
-"""Worker processes for batch jobs that survive a worker's death.
+"""Worker processes for batch jobs that survive a worker's death, and a bounded producer thread.
 
 ``run_tasks(fn, tasks, workers=N, initializer=..., initargs=..., on_failure=...)`` yields
 ``fn(task)`` for every task, in task order, computed in ``N`` spawned processes (``N == 1``: in
@@ -11,16 +11,30 @@ task; ``concurrent.futures`` breaks the whole pool without saying which task kil
 An exception raised by ``fn`` (it should return its failures, not raise them) becomes
 ``on_failure(task, "ValueError: ...")`` the same way. A worker that dies before it is ready (its
 initializer failed) is a :class:`DataError`: every task would fail the same way.
+
+``prefetch(items, depth=N)`` is the in-process counterpart for a pipeline: a background thread
+iterates ``items`` (decoding, resampling, feature extraction: numpy, soxr, libsndfile and torch
+release the GIL in their kernels) and stays at most ``N`` items ahead of the consumer (the
+encoder), so memory is bounded by ``N`` items whatever the length of the input list. Values and
+exceptions arrive in order, exactly as a plain ``for`` loop over ``items`` would give them.
+Threads, not processes: the items (feature windows, waveforms) are handed over without copying
+or pickling, and torch's thread settings (``torch.set_num_threads``) are per thread, so the
+producer's single-threaded feature code does not change the encoder's thread count.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import signal
+import threading
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from m3bert.core.errors import DataError
+
+T = TypeVar("T")
+_END, _ERROR, _ITEM = 0, 1, 2  # message kinds from the prefetch thread
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -141,3 +155,67 @@ def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], *, workers: int,
     finally:
         for w in pool:
             w.stop()
+
+
+def prefetch(items: Iterable[T], *, depth: int) -> Iterator[T]:
+    """The values of ``items``, computed by a background thread at most ``depth`` items ahead.
+
+    ``depth <= 0`` iterates ``items`` in the calling thread (the sequential path, for tests and
+    for callers that must not start a thread). An exception raised while producing an item is
+    raised by the consumer at that item's position, after the items before it. Closing the
+    returned generator early (``break``, an exception in the consumer, garbage collection) stops
+    the producer after the item it is working on; ``items`` is then closed in its own thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    q: "queue.Queue[tuple[int, Any]]" = queue.Queue(maxsize=int(depth))
+    stop = threading.Event()
+
+    def put(msg: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(msg, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        it = iter(items)
+        try:
+            for value in it:
+                if not put((_ITEM, value)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # anything (also KeyboardInterrupt): re-raised by the consumer, in order
+            put((_ERROR, exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="m3bert-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = q.get(timeout=1.0)
+            except queue.Empty:
+                if thread.is_alive() or not q.empty():
+                    continue
+                raise DataError("the prefetch thread ended without a result (internal error)") from None
+            if kind == _ITEM:
+                yield value
+            elif kind == _ERROR:
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()

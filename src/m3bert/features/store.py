@@ -7,8 +7,8 @@ Layout of a store directory::
 
     STORE/store.json                  identity: feature set (name + config), its hash, chunking rule,
                                       partition (shard_index / num_shards), dtype, channels
-    STORE/shards/<id>.npy             (n_frames_total, n_channels) float32: the chunks of several
-                                      files, one after the other
+    STORE/shards/<id>.npy             (n_frames_total, n_channels) float32 (or float16, see below):
+                                      the chunks of several files, one after the other
     STORE/shards/<id>.stats.npy       (n_files, 2, n_channels) float64 per-file sum / sum of squares
     STORE/shards/<id>.json            the commit record: per file its source, sha1 and chunks
                                       (start_s, end_s, n_frames, offset into the shard), and a
@@ -30,8 +30,13 @@ into shards keeps the file count low (one small file per song would be 100k+ ino
 The store holds *raw* frames (before CMVN); :meth:`FeatureStore.get` applies the feature set's
 CMVN (per clip, or corpus statistics merged exactly from the per-file sums). So a ``cmvn="corpus"``
 store's statistics are computed once, while extracting, saved with the store, and merge across
-shards and stores. float32 rather than float16: MFCC c0 reaches ~1e3, where float16 steps are
-~0.5, far outside the 1e-4 parity the features are tested to.
+shards and stores. float32 by default: MFCC c0 reaches ~1e3, where float16 steps are ~0.5, far
+outside the 1e-4 parity the features are tested to. ``dtype="float16"`` (``m3bert features
+--dtype float16``, issue 18) halves the bytes a GPU pre-training run reads (relative rounding
+<= 2^-11 = 4.9e-4 per value, exactly ``np.float16(frames)``); readers always return float32, and
+the per-file statistics are those of the stored (rounded) values, so per-clip and corpus CMVN
+describe what is read. A store is one dtype (``store.json``); mixing is refused like any other
+setting.
 
 Memory and workers. A worker streams its file chunk by chunk (``audio.AudioChunks``: about two
 30 s chunks of audio at a time) and appends each chunk's frames to a spool file
@@ -70,13 +75,16 @@ from m3bert.audio import AUDIO_EXTENSIONS, AudioChunks, find_audio_files
 from m3bert.core.errors import AudioError, ConfigError, DataError, M3bertError
 from m3bert.core.io import atomic_path, atomic_write_json, exclusive_lock, file_sha1, read_json, versions
 from m3bert.core.progress import progress as progress_bar
+from m3bert.features.fast import single_thread
 from m3bert.features.normalize import CmvnAccumulator
 from m3bert.features.pool import run_tasks
 from m3bert.features.spec import feature_set_from_dict
 
 FORMAT = "m3bert-feature-store"
 FORMAT_VERSION = 1
-_DTYPE = np.dtype("<f4")
+_DTYPE = np.dtype("<f4")  # the default, and what readers return
+#: Store dtypes by name (``--dtype``): what shards hold on disk.
+STORE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +129,9 @@ class ShardWriter:
 
     HEADER_BYTES = 128
 
-    def __init__(self, directory: Path, shard_id: str, n_channels: int) -> None:
+    def __init__(self, directory: Path, shard_id: str, n_channels: int, dtype: np.dtype = _DTYPE) -> None:
         self.directory, self.shard_id, self.n_channels = directory, shard_id, n_channels
+        self.dtype = np.dtype(dtype)
         if (directory / f"{shard_id}.json").exists():  # pragma: no cover - ids are unique per run
             raise DataError(f"{directory}: shard {shard_id} already exists; refusing to overwrite it")
         self.tmp = directory / f".{shard_id}.npy.tmp"
@@ -135,7 +144,7 @@ class ShardWriter:
     def _write_header(self, n_rows: int) -> None:
         self.fh.seek(0)
         np.lib.format.write_array_header_1_0(
-            self.fh, {"descr": _DTYPE.str, "fortran_order": False, "shape": (int(n_rows), self.n_channels)})
+            self.fh, {"descr": self.dtype.str, "fortran_order": False, "shape": (int(n_rows), self.n_channels)})
         if self.fh.tell() != self.HEADER_BYTES:  # pragma: no cover - numpy format change
             raise DataError(f"unexpected npy header size {self.fh.tell()}")
 
@@ -144,7 +153,7 @@ class ShardWriter:
         ``spool`` (written by the worker), go in contiguously, copied in blocks (constant memory);
         ``entry`` gets their offsets; ``stats`` is its ``(2, n_channels)`` sum / sum of squares."""
         n_expected = sum(int(c["n_frames"]) for c in entry["chunks"])
-        n_bytes = n_expected * self.n_channels * _DTYPE.itemsize
+        n_bytes = n_expected * self.n_channels * self.dtype.itemsize
         if spool.stat().st_size != n_bytes:
             raise DataError(f"{spool}: worker output has {spool.stat().st_size} bytes, expected {n_bytes} "
                             f"({n_expected} frames of {entry['source']})")
@@ -196,11 +205,13 @@ def _atomic_npy(path: Path) -> Iterator[Path]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(fs_dict: dict[str, Any], max_seconds: float, done: frozenset[str], n_threads: int | None) -> None:
+def _init_worker(fs_dict: dict[str, Any], max_seconds: float, done: frozenset[str], n_threads: int | None,
+                 dtype: str = "<f4") -> None:
     if n_threads is not None:
 
         torch.set_num_threads(n_threads)
-    _WORKER.update(feature_set=feature_set_from_dict(fs_dict), max_seconds=max_seconds, done=done)
+    _WORKER.update(feature_set=feature_set_from_dict(fs_dict), max_seconds=max_seconds, done=done,
+                   dtype=np.dtype(dtype))
 
 
 def _process_file(task: tuple[str, str, str]) -> dict[str, Any]:
@@ -252,9 +263,9 @@ def _extract_file(path: str, spool: Path) -> dict[str, Any]:
             t1 = time.perf_counter()
             decode_s += t1 - t
             (frames,) = feature_set.extract_batch([y], sample_rate=sr, normalize=False)
-            frames = np.ascontiguousarray(frames, dtype=_DTYPE)
-            fh.write(frames.tobytes())
-            acc.update(frames)
+            stored = np.ascontiguousarray(frames, dtype=_WORKER.get("dtype", _DTYPE))
+            fh.write(stored.tobytes())
+            acc.update(stored.astype(_DTYPE, copy=False))  # statistics of what is read back
             chunks.append({"start_s": a / sr, "end_s": b / sr, "n_frames": int(frames.shape[0])})
             t = time.perf_counter()
             features_s += t - t1
@@ -266,12 +277,13 @@ def _extract_file(path: str, spool: Path) -> dict[str, Any]:
 # Writing a store
 # ---------------------------------------------------------------------------------------------
 
-def _store_header(feature_set: Any, *, max_seconds: float, shard_index: int, num_shards: int) -> dict[str, Any]:
+def _store_header(feature_set: Any, *, max_seconds: float, shard_index: int, num_shards: int,
+                  dtype: str = "float32") -> dict[str, Any]:
     d = feature_set.to_dict()
     d["cmvn_stats"] = None  # statistics are derived from the data, not part of the identity
     return {"format": FORMAT, "version": FORMAT_VERSION, "feature_set": d,
             "config_hash": feature_set.config_hash(with_stats=False), "n_channels": feature_set.n_channels,
-            "dtype": _DTYPE.str, "chunking": {"rule": "greer2023", "max_seconds": float(max_seconds)},
+            "dtype": STORE_DTYPES[dtype].str, "chunking": {"rule": "greer2023", "max_seconds": float(max_seconds)},
             "shard_index": int(shard_index), "num_shards": int(num_shards)}
 
 
@@ -286,13 +298,16 @@ def _check_header(path: Path, have: dict[str, Any], want: dict[str, Any]) -> Non
                         f"{want['config_hash']} (differences (store, new): {diff}); use a new --out folder")
     if have.get("chunking") != want["chunking"]:
         raise DataError(f"{path}: store was chunked with {have.get('chunking')}, got {want['chunking']}")
+    if have.get("dtype", _DTYPE.str) != want["dtype"]:
+        raise DataError(f"{path}: store holds {np.dtype(have.get('dtype', _DTYPE.str)).name} frames, refusing to add "
+                        f"{np.dtype(want['dtype']).name} ones (--dtype); use a new --out folder")
     if (have.get("shard_index"), have.get("num_shards")) != (want["shard_index"], want["num_shards"]):
         raise DataError(f"{path}: store was filled as partition {have.get('shard_index')}/{have.get('num_shards')}, "
                         f"got --shard-index {want['shard_index']} --num-shards {want['num_shards']}")
 
 
 def check_run_settings(*, feature_set: Any, workers: int, shard_index: int, num_shards: int, max_seconds: float,
-                       files_per_shard: int) -> None:
+                       files_per_shard: int, dtype: str = "float32") -> None:
     """Refuse settings that are invalid or would break every file, before anything is written.
 
     ``--max-seconds`` must be finite and long enough that the shortest example of the 30 s rule
@@ -307,6 +322,8 @@ def check_run_settings(*, feature_set: Any, workers: int, shard_index: int, num_
                         f"got {shard_index!r}/{num_shards!r}")
     if not whole(workers) or workers < 1:
         raise DataError(f"--workers must be an integer >= 1, got {workers!r}")
+    if dtype not in STORE_DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: expected one of {list(STORE_DTYPES)}")
     if not whole(files_per_shard) or files_per_shard < 1:
         raise DataError(f"--files-per-shard must be an integer >= 1, got {files_per_shard!r}")
     sr, min_samples = feature_set.sample_rate, feature_set.min_samples
@@ -323,7 +340,7 @@ def check_run_settings(*, feature_set: Any, workers: int, shard_index: int, num_
 def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike, *,
                      feature_set: Any, workers: int = 1, shard_index: int = 0, num_shards: int = 1,
                      strict: bool = False, progress: bool = True, max_seconds: float = 30.0,
-                     files_per_shard: int = 32) -> dict[str, Any]:
+                     files_per_shard: int = 32, dtype: str = "float32") -> dict[str, Any]:
     """Extract every chunk of every input file into the store at ``out``; returns a summary dict.
 
     ``inputs``: a folder (recursive), a file, or a list of them; finding no audio file at all is a
@@ -332,10 +349,11 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
     (``strict=True``: the first bad file raises its ``AudioError`` after committing the work done
     so far). Files are streamed chunk by chunk, so memory does not grow with a file's length.
     ``workers`` > 1 decodes and extracts in that many processes (one torch thread each).
-    Settings are checked (:func:`check_run_settings`) before anything is written.
+    Settings are checked (:func:`check_run_settings`) before anything is written. ``dtype``:
+    ``"float32"`` or ``"float16"`` shards (module docstring).
     """
     check_run_settings(feature_set=feature_set, workers=workers, shard_index=shard_index, num_shards=num_shards,
-                       max_seconds=max_seconds, files_per_shard=files_per_shard)
+                       max_seconds=max_seconds, files_per_shard=files_per_shard, dtype=dtype)
     t_start = time.perf_counter()
     store = Path(out)
     if store.exists() and not store.is_dir():
@@ -346,7 +364,8 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
         raise DataError(f"no audio files found in {shown} (looked for {' '.join(AUDIO_EXTENSIONS)}, "
                         f"recursively, case-insensitive)")
     mine = [(s, p) for s, p in all_inputs if partition_of(s, num_shards) == shard_index]
-    header = _store_header(feature_set, max_seconds=max_seconds, shard_index=shard_index, num_shards=num_shards)
+    header = _store_header(feature_set, max_seconds=max_seconds, shard_index=shard_index, num_shards=num_shards,
+                           dtype=dtype)
     shard_dir = store / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
 
@@ -374,7 +393,7 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
         rejects: dict[str, dict[str, Any]] = {}
         # each file's frames go through a spool file in the shard folder (a dot name: debris if killed)
         tasks = [(s, str(p), str(shard_dir / f".spool-{run_id}-{i:06d}.f32")) for i, (s, p) in enumerate(mine)]
-        init_args = (feature_set.to_dict(), max_seconds, frozenset(done_sha), 1 if workers > 1 else None)
+        init_args = (feature_set.to_dict(), max_seconds, frozenset(done_sha), 1 if workers > 1 else None, header["dtype"])
         bar = _progress(len(mine), progress)
         results = run_tasks(_process_file, tasks, workers=workers, on_failure=_worker_died,
                             initializer=_init_worker, initargs=init_args)
@@ -398,7 +417,8 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
                         continue
                     done_sha[res["sha1"]] = src
                     if writer is None:
-                        writer = ShardWriter(shard_dir, f"{run_id}-{seq:05d}", feature_set.n_channels)
+                        writer = ShardWriter(shard_dir, f"{run_id}-{seq:05d}", feature_set.n_channels,
+                                             np.dtype(header["dtype"]))
                         seq += 1
                     entry = {"source": src, "sha1": res["sha1"], "duration_s": res["duration_s"],
                              "chunks": res["chunks"]}
@@ -441,7 +461,7 @@ def extract_to_store(inputs: str | os.PathLike | Iterable[str | os.PathLike], ou
 
 
 def _header_identity(h: dict[str, Any]) -> tuple:
-    return (h.get("config_hash"), h.get("chunking"), h.get("shard_index"), h.get("num_shards"))
+    return (h.get("config_hash"), h.get("chunking"), h.get("shard_index"), h.get("num_shards"), h.get("dtype", _DTYPE.str))
 
 
 def _progress(total: int, enabled: bool):
@@ -550,6 +570,7 @@ class FeatureStore:
         if self.feature_set.config.cmvn == "corpus" and cmvn.count > 0:
             self.feature_set.set_cmvn_stats(*cmvn.mean_std())
         self._maps: dict[int, np.ndarray] = {}
+        self.dtype = np.dtype(header.get("dtype", _DTYPE.str))  # on disk; get() returns float32
 
     @classmethod
     def open(cls, path_or_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> "FeatureStore":
@@ -569,10 +590,12 @@ class FeatureStore:
                 if h.get("format") != FORMAT:
                     raise DataError(f"{path}: not an m3bert feature store (format={h.get('format')!r})")
                 header = h
-            elif h.get("config_hash") != header["config_hash"] or h.get("chunking") != header.get("chunking"):
+            elif (h.get("config_hash") != header["config_hash"] or h.get("chunking") != header.get("chunking")
+                  or h.get("dtype", _DTYPE.str) != header.get("dtype", _DTYPE.str)):
                 raise DataError(f"cannot open stores with different feature configs as one: {paths[0]} has "
-                                f"{header['feature_set']['name']} {header['config_hash']} {header.get('chunking')}, "
-                                f"{path} has {h['feature_set']['name']} {h.get('config_hash')} {h.get('chunking')}")
+                                f"{header['feature_set']['name']} {header['config_hash']} {header.get('chunking')} "
+                                f"{header.get('dtype', _DTYPE.str)}, {path} has {h['feature_set']['name']} "
+                                f"{h.get('config_hash')} {h.get('chunking')} {h.get('dtype', _DTYPE.str)}")
             rejects += [{**r, "store": str(path)} for r in _read_rejects(path).values()]
             for rec in sorted(_load_records(path / "shards"), key=lambda r: r["committed_at"]):
                 k = len(shard_paths)
@@ -631,14 +654,15 @@ class FeatureStore:
                 m = np.load(self.shard_paths[k], mmap_mode="r")
             except (OSError, ValueError) as exc:
                 raise DataError(f"{self.shard_paths[k]}: cannot memory-map shard ({exc})") from exc
-            if m.ndim != 2 or m.shape[1] != self.feature_set.n_channels or m.dtype != _DTYPE:
+            if m.ndim != 2 or m.shape[1] != self.feature_set.n_channels or m.dtype != self.dtype:
                 raise DataError(f"{self.shard_paths[k]}: shard has shape {m.shape} {m.dtype}, expected "
-                                f"(n, {self.feature_set.n_channels}) {_DTYPE}")
+                                f"(n, {self.feature_set.n_channels}) {self.dtype}")
             self._maps[k] = m
         return m
 
     def get(self, i: int, *, normalize: bool = True) -> np.ndarray:
-        """Frames of chunk ``i``: ``(n_frames, n_channels)`` float32, CMVN applied unless ``normalize=False``."""
+        """Frames of chunk ``i``: ``(n_frames, n_channels)`` float32 (whatever the store's dtype), CMVN
+        applied unless ``normalize=False``."""
         if not -len(self.rows) <= i < len(self.rows):
             raise IndexError(f"chunk index {i} out of range for a store of {len(self.rows)} chunks")
         r = self.rows[i]
@@ -646,7 +670,12 @@ class FeatureStore:
         if r["offset"] + r["n_frames"] > m.shape[0]:
             raise DataError(f"{self.shard_paths[r['shard']]}: chunk {r['chunk_id']} ends at frame "
                             f"{r['offset'] + r['n_frames']} beyond the shard's {m.shape[0]} frames (corrupt store)")
-        raw = np.array(m[r["offset"]: r["offset"] + r["n_frames"]], dtype=np.float32)
+        rows = m[r["offset"]: r["offset"] + r["n_frames"]]
+        if m.dtype == _DTYPE:
+            raw = np.array(rows, dtype=np.float32)
+        else:  # float16 -> float32 (exact) by torch's vectorised conversion, ~20x numpy's astype; one
+            with single_thread():  # thread: waking a thread pool per chunk costs more than it saves
+                raw = torch.from_numpy(np.array(rows)).float().numpy()
         return self.feature_set.normalize(raw) if normalize else raw
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -673,6 +702,7 @@ class FeatureStore:
         atomic_write_json(path / "manifest.json", {
             "format": FORMAT, "version": FORMAT_VERSION, "feature_set": self.feature_set.to_dict(),
             "config_hash": self.header["config_hash"], "chunking": self.header.get("chunking"),
+            "dtype": self.dtype.name,
             "partition": f"{self.header.get('shard_index')}/{self.header.get('num_shards')}",
             "n_files": len(self.groups()), "n_chunks": len(self), "n_frames": int(self.lengths.sum()),
             "shards": [p.name for p in self.shard_paths], "corpus_cmvn": self.cmvn_stats,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from m3bert.core.errors import ConfigError
-from m3bert.embed import load_model
+from m3bert.embed import DTYPES, load_model
 from m3bert.embed.folder import FORMATS, embed_files
 
 HELP = "Embed audio files with a model (clip or frame level, any layers) into .npy files or one HDF5."
@@ -29,8 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", default="-1", help="-1 (last), all, or comma-separated indices (0 = input embedding)")
     p.add_argument("--pool", choices=("mean", "meanstd"), default="mean", help="clip-level pooling over time")
     p.add_argument("--format", choices=FORMATS, default="npy", dest="fmt", help="output format")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="encoder precision (bf16 = autocast)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                   help="encoder precision: fp32, bf16 (autocast) or int8 (CPU: dynamically quantised linear layers, "
+                        "clip-level cosine to fp32 >= 0.999)")
     p.add_argument("--batch-size", type=int, default=8, help="encoder windows per forward pass")
+    p.add_argument("--prefetch", type=int, default=None,
+                   help="files decoded and featurised ahead of the encoder in a background thread "
+                        "(default: one batch; 0 = none)")
     p.add_argument("--window-frames", type=int, default=None,
                    help="encoder window, >= 1 (default, when left out: the model's context)")
     p.add_argument("--hop-frames", type=int, default=None,
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size}: expected an integer >= 1 (encoder windows per forward pass)")
     embedder = load_model(args.model, device=args.device, dtype=args.dtype, window_frames=args.window_frames,
-                          hop_frames=args.hop_frames)
+                          hop_frames=args.hop_frames, prefetch=args.prefetch)
     summary = embed_files(args.inputs, args.out, embedder=embedder, level=args.level, layers=args.layers,
                           pool=args.pool, fmt=args.fmt, batch_size=args.batch_size, strict=args.strict,
                           progress=not args.no_progress)
