@@ -22,7 +22,7 @@ whose ``get(i)`` is a ``{name: (n_frames_i, C)}`` mapping) travel the same way i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,9 +53,17 @@ class Batch:
         return np.random.default_rng([*self.keys[row], MASK, int(stream)])
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(self.frames.to(device, non_blocking=True), self.lengths.to(device), self.keys, self.indices,
-                     None if self.targets is None else self.targets.to(device),
-                     None if self.features is None else {k: v.to(device) for k, v in self.features.items()})
+        # non-blocking: from pinned memory (batch_loader on CUDA) the copies overlap the host's work
+        return Batch(self.frames.to(device, non_blocking=True), self.lengths.to(device, non_blocking=True), self.keys,
+                     self.indices, None if self.targets is None else self.targets.to(device, non_blocking=True),
+                     None if self.features is None else {k: v.to(device, non_blocking=True)
+                                                         for k, v in self.features.items()})
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory (DataLoader's pin_memory thread calls this)."""
+        return Batch(self.frames.pin_memory(), self.lengths.pin_memory(), self.keys, self.indices,
+                     None if self.targets is None else self.targets.pin_memory(),
+                     None if self.features is None else {k: v.pin_memory() for k, v in self.features.items()})
 
 
 def store_groups(store: Any) -> list[list[int]]:
@@ -244,3 +252,35 @@ def validation_batches(
         frames, lengths = collate(chunks, where="validation")
         yield Batch(frames, lengths, keys, mine[start : start + batch_size], collate_targets(ids, frames.shape[1]),
                     collate_features(ids, frames.shape[1]))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Micro-batches ``start .. end`` of :class:`TrainBatches` as a dataset: item ``j`` is
+    ``micro_batch_at(start + j // n_accum, j % n_accum, rank)``, a pure function, so worker
+    processes build exactly the batches the loop would."""
+
+    def __init__(self, data: TrainBatches, *, start: int, end: int, rank: int) -> None:
+        self.data, self.start, self.end, self.rank = data, int(start), int(end), int(rank)
+
+    def __len__(self) -> int:
+        return max(0, self.end - self.start) * self.data.n_accum
+
+    def __getitem__(self, j: int) -> Batch:
+        step, micro = divmod(int(j), self.data.n_accum)
+        return self.data.micro_batch_at(self.start + step, micro, self.rank)
+
+
+def batch_loader(data: TrainBatches, *, start: int, end: int, rank: int = 0, workers: int = 0,
+                 pin_memory: bool = False) -> Iterator[Batch]:
+    """The micro-batches of steps ``start .. end`` in order (step-major, then micro-batch).
+
+    ``workers`` > 0 builds them in that many worker processes, ``2 * workers`` batches ahead
+    (the store's memory maps reopen in each worker); ``pin_memory`` puts them in page-locked
+    memory for non-blocking GPU copies. Same batches either way (tests/test_pretrain.py).
+    """
+    dataset = StepBatches(data, start=start, end=end, rank=rank)
+    if workers <= 0 and not pin_memory:
+        return (dataset[j] for j in range(len(dataset)))
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=int(workers),
+                                            pin_memory=pin_memory, prefetch_factor=2 if workers > 0 else None,
+                                            persistent_workers=False))
