@@ -187,7 +187,7 @@ def test_every_loader_reading_paths_from_a_label_file_checks_them(tmp_path):
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--protocol", "bogus"], "unknown protocol 'bogus'; registered: ['kim', 'linear', 'marble']"),
+    (["--protocol", "bogus"], "unknown protocol 'bogus'; registered: ['kim', 'linear', 'marble', 'wu', 'wu-linear']"),
     (["--baseline", "bogus"], "--baseline 'bogus': unknown baseline"),
     (["--seeds", "0"], "--seeds 0: expected an integer >= 1"),
     (["--seeds", "-2"], "--seeds -2: expected an integer >= 1"),

@@ -191,13 +191,22 @@ class _Features:
     extract_s: float
 
 
-def _features(rep: Representation, task: Task, clips: Sequence, pooling: str, *, cache: FeatureCache,
-              skip_missing: bool, progress: bool) -> _Features:
+def _features_of_task(reps: Sequence[Representation], task: Task, clips: Sequence, pooling: str, *,
+                      cache: FeatureCache, skip_missing: bool, progress: bool) -> dict[str, _Features]:
+    """Every representation's features of one task under one pooling, by name: one pass over the
+    clips that decodes each clip once for all of them (``FeatureCache.get_many``); ``extract_s`` is
+    that pass's time, shared by the representations it served."""
     t0 = time.time()
-    if rep.predictor == "chance":
-        return _Features(None, np.ones(len(clips), bool), [], rep.layer_names, 0.0)
-    got = cache.get(rep, task.name, clips, pooling=pooling, skip_errors=skip_missing, progress=progress)
-    return _Features(got.features, got.ok, got.failures, got.layer_names, round(time.time() - t0, 3))
+    out = {r.name: _Features(None, np.ones(len(clips), bool), [], r.layer_names, 0.0)
+           for r in reps if r.predictor == "chance"}
+    learned = [r for r in reps if r.predictor != "chance"]
+    if learned:
+        got = cache.get_many(learned, task.name, clips, pooling=pooling, skip_errors=skip_missing, progress=progress)
+        spent = round(time.time() - t0, 3)
+        for r in learned:
+            g = got[r.name]
+            out[r.name] = _Features(g.features, g.ok, g.failures, g.layer_names, spent)
+    return out
 
 
 def _fit_predict(rep: Representation, f: _Features, td: TaskData, task: Task, probe: Any, seed: int,
@@ -414,11 +423,16 @@ def run_benchmark(representations: Sequence[Representation], tasks: Sequence[Any
                 + (f"; {proto.n_folds}-fold cross-validation by piece" if split_t == "kfold" else ""))
             kept: dict[str, dict[str, dict[str, Any]]] = {s.name: {} for s in setting_list}
             rows_t: dict[str, list[dict[str, Any]]] = {s.name: [] for s in setting_list}
-            for rep in representations:
-                rep_t = rep.for_task(td.root) if isinstance(rep, EmbeddingsDirRepresentation) else rep
-                for pooling in poolings:  # extracted once per pooling, shared by the settings that pool alike
-                    f = _features(rep_t, task, td.clips, pooling, cache=cache, skip_missing=skip_missing,
-                                  progress=progress)
+            reps_t = [rep.for_task(td.root) if isinstance(rep, EmbeddingsDirRepresentation) else rep
+                      for rep in representations]
+            # extracted once per pooling (one decoding pass for all representations), shared by the
+            # settings that pool alike
+            feats_of = {pooling: _features_of_task(reps_t, task, td.clips, pooling, cache=cache,
+                                                   skip_missing=skip_missing, progress=progress)
+                        for pooling in poolings}
+            for rep, rep_t in zip(representations, reps_t):
+                for pooling in poolings:
+                    f = feats_of[pooling][rep_t.name]
                     for s in (s for s in setting_list if s.pooling == pooling):
                         row, k = _evaluate(rep_t, task, td, proto, s, seed_list, f, split=split_t, folds=folds)
                         results.append(row)
