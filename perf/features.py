@@ -27,7 +27,6 @@ import argparse
 import json
 import multiprocessing as mp
 import platform
-import resource
 import shutil
 import subprocess
 import sys
