@@ -85,6 +85,25 @@ def test_clip_cmvn(fs, signals, reference_raw):
     np.testing.assert_allclose(out, (raw - raw.mean(0)) / raw.std(0), atol=1e-4)
 
 
+def test_clip_cmvn_matches_float64_reference():
+    """cmvn_clip keeps the frames float32 (speed) but equals the float64 formula to float32 rounding,
+    also for large offsets (MFCC 0 of silence ~ -1131), near-constant and exactly constant channels."""
+    from m3bert.features.normalize import cmvn_clip, std_floor
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4000, 40)) * rng.uniform(1e-3, 100, 40) + rng.uniform(-2000, 2000, 40)
+    x[:, 0] = -1131.0
+    x[:, 1] = -1131.0 + 4e-4 * rng.standard_normal(4000)
+    x = x.astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean, std = x64.mean(0), x64.std(0)
+    ref = (x64 - mean) / std_floor(mean, std, eps=1e-3)
+    out = cmvn_clip(x)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6)
+    assert np.all(out[:, 0] == 0.0)
+
+
 def speechpy_cmvn_no_variance(vec: np.ndarray) -> np.ndarray:
     """speechpy.processing.cmvn(vec, variance_normalization=False), written out (speechpy 2.x):
     ``mean_subtracted = vec - np.mean(vec, axis=0)``."""

@@ -39,12 +39,21 @@ def std_floor(mean: np.ndarray, std: np.ndarray, *, eps: float) -> np.ndarray:
 def cmvn_clip(frames: np.ndarray, *, eps: float = 1e-3) -> np.ndarray:
     """Per-clip CMVN of ``(n_frames, n_channels)`` -> same shape, float32.
 
-    Statistics are taken in float64 so long clips do not lose precision.
+    Sums are accumulated in float64 (long clips keep their precision) while the frames stay float32:
+    no float64 copy of the clip is made, which made this 3-5x faster (perf/store.py). The frames are
+    centred on the float32-rounded mean and the residual mean of the centred frames is removed
+    exactly (``var = E[d^2] - E[d]^2``), so the result matches a float64 computation to float32
+    rounding (max abs difference ~5e-7 on unit-variance output, tests/test_features.py).
     """
-    x = np.asarray(frames, dtype=np.float64)
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    return ((x - mean) / std_floor(mean, std, eps=eps)).astype(np.float32)
+    x = np.asarray(frames, dtype=np.float32)
+    mean = x.mean(axis=0, dtype=np.float64)
+    d = x - mean.astype(np.float32)
+    resid = d.mean(axis=0, dtype=np.float64)
+    var = np.square(d).mean(axis=0, dtype=np.float64) - resid * resid
+    std = np.sqrt(np.maximum(var, 0.0))
+    d -= resid.astype(np.float32)
+    d *= (1.0 / std_floor(mean, std, eps=eps)).astype(np.float32)
+    return d
 
 
 def cmvn_seed(frames: np.ndarray) -> np.ndarray:
