@@ -1,4 +1,5 @@
-"""``m3bert corpus build|info``: the built-in labelled corpus (real compositions rendered to audio)."""
+"""``m3bert corpus build|info|real-music``: the built-in labelled corpus (real compositions rendered to
+audio), and real recorded music for pre-training (game soundtracks from Debian's data packages)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 
 from m3bert.corpus import build_corpus, corpus_info
+from m3bert.corpus.real_music import MUSIC_PACKAGES, PACKAGE_SETS, RealMusicConfig, gather_real_music, package_list
 
 HELP = "build or describe the built-in labelled corpus (music21 scores rendered to audio)"
 
@@ -21,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--soundfont", default=None, help="General MIDI .sf2 for FluidSynth (default: usual system paths)")
     b.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs for large presets)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = sub.add_parser("real-music", help="gather real recorded music (free game soundtracks) from Debian packages "
+                                          "with apt-get download; resumable; writes OUT/manifest.json")
+    r.add_argument("--out", required=True, help="output folder (MUSIC); then: m3bert features MUSIC/audio --out STORE")
+    r.add_argument("--packages", default="demo",
+                   help=f"a set ({', '.join(sorted(PACKAGE_SETS))}) or comma-separated names of: {', '.join(MUSIC_PACKAGES)}")
+    r.add_argument("--min-seconds", type=float, default=30.0, help="skip shorter files (jingles, effects); default 30")
+    r.add_argument("--keep-debs", action="store_true", help="keep the downloaded .deb files in OUT/debs")
     i = sub.add_parser("info", help="summarise a built corpus")
     i.add_argument("corpus", help="corpus folder")
     i.add_argument("--json", action="store_true", help="print corpus.json as is")
@@ -41,6 +50,13 @@ def _print_summary(info: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
+    if args.corpus_command == "real-music":
+        cfg = RealMusicConfig(packages=package_list(args.packages), min_seconds=args.min_seconds, keep_debs=args.keep_debs)
+        manifest = gather_real_music(args.out, config=cfg)
+        print(f"{manifest['n_files']} music files, {manifest['seconds'] / 3600:.2f} h from "
+              f"{len(manifest['packages'])} package(s); {len(manifest['rejects'])} file(s) skipped, "
+              f"{len(manifest['failed'])} package(s) failed; manifest: {args.out}/manifest.json")
+        return 0 if manifest["n_files"] else 1
     if args.corpus_command == "build":
         info = build_corpus(args.preset, args.out, seed=args.seed, renderer=args.renderer,
                             progress=not args.no_progress, soundfont=args.soundfont, workers=args.workers)
