@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import inspect
 import time
 import warnings
@@ -58,6 +59,7 @@ from m3bert.core.io import versions
 from m3bert.evaluate import power as P
 from m3bert.evaluate import rhythm as _rhythm  # noqa: F401  (registers the tempogram-stats baseline)
 from m3bert.evaluate.cache import FeatureCache
+from m3bert.evaluate.jobs import run_jobs
 from m3bert.evaluate.probe_grid import config_to_dict, grid_configs
 from m3bert.evaluate.probes import (Protocol, Setting, check_split, fit_chance, get_protocol, layer_selection, resolve_settings,
                                     run_probe, task_score_fn, task_targets)
@@ -354,7 +356,8 @@ def run_benchmark(representations: Sequence[Representation], tasks: Sequence[Any
                   probe_overrides: dict[str, Any] | None = None, sections: Sequence[Section] = (),
                   echo: Callable[[str], None] | None = None, settings: Sequence[str | Setting] | None = None,
                   split: str | Mapping[str, str] | None = None, n_folds: int | None = None,
-                  pairs: Sequence[tuple[str, str]] = (), power: bool = True, n_boot: int = P.N_BOOT) -> dict[str, Any]:
+                  pairs: Sequence[tuple[str, str]] = (), power: bool = True, n_boot: int = P.N_BOOT,
+                  workers: int = 1) -> dict[str, Any]:
     """Run the benchmark; return the results dict (written with the report when ``out_dir`` is set).
 
     ``tasks``: ``"name[:PATH]"`` specs, :class:`Task` objects, loaded :class:`TaskData`, or
@@ -368,7 +371,11 @@ def run_benchmark(representations: Sequence[Representation], tasks: Sequence[Any
     ``"*"`` = the others); ``n_folds``: folds of the ``kfold`` split (default the protocol's, 5).
     ``pairs``: ``(a, b)`` representation names compared per task and setting by a paired group
     bootstrap over the test pieces. ``power``: record each task's minimum detectable difference.
+    ``workers``: processes for the probe fits (:func:`m3bert.evaluate.jobs.run_jobs`, one torch thread
+    each; the scores do not depend on it).
     """
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"run_benchmark workers={workers!r}: expected a number of processes >= 1")
     proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if probe_overrides:
         proto = dataclasses.replace(proto, probe=dataclasses.replace(proto.probe, **probe_overrides))
@@ -430,20 +437,25 @@ def run_benchmark(representations: Sequence[Representation], tasks: Sequence[Any
             feats_of = {pooling: _features_of_task(reps_t, task, td.clips, pooling, cache=cache,
                                                    skip_missing=skip_missing, progress=progress)
                         for pooling in poolings}
+            # every (representation, setting) fit of this task, in report order; run in `workers` processes
+            jobs, order = [], []
             for rep, rep_t in zip(representations, reps_t):
                 for pooling in poolings:
                     f = feats_of[pooling][rep_t.name]
                     for s in (s for s in setting_list if s.pooling == pooling):
-                        row, k = _evaluate(rep_t, task, td, proto, s, seed_list, f, split=split_t, folds=folds)
-                        results.append(row)
-                        rows_t[s.name].append(row)
-                        kept[s.name][rep.name] = k
-                        sc = row["summary"]["score"]
-                        say(f"  {rep.name:>20s} on {task.name}" + (f" [{s.name}]" if len(setting_list) > 1 else "")
-                            + f": score {sc['mean']:.4f}"
-                            + (f" ± {sc['half_width']:.4f}" if sc["half_width"] is not None else "")
-                            + (f" ({len(row['failures'])} clip(s) failed)" if row["failures"] else ""))
+                        jobs.append(functools.partial(_evaluate, rep_t, task, td, proto, s, seed_list, f, split=split_t,
+                                                      folds=folds))
+                        order.append((rep, s))
                 rep_rows.setdefault(rep.name, rep_t.describe())
+            for (rep, s), (row, k) in zip(order, run_jobs(jobs, workers=workers)):
+                results.append(row)
+                rows_t[s.name].append(row)
+                kept[s.name][rep.name] = k
+                sc = row["summary"]["score"]
+                say(f"  {rep.name:>20s} on {task.name}" + (f" [{s.name}]" if len(setting_list) > 1 else "")
+                    + f": score {sc['mean']:.4f}"
+                    + (f" ± {sc['half_width']:.4f}" if sc["half_width"] is not None else "")
+                    + (f" ({len(row['failures'])} clip(s) failed)" if row["failures"] else ""))
             for s in setting_list:
                 if power:
                     pw = P.task_power(rows_t[s.name], kept[s.name], task, td, n_boot=n_boot)

@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", default="marble", metavar="NAME",
                    help=f"probing protocol: {' | '.join(available_protocols())} (default marble)")
     p.add_argument("--seeds", type=int, default=None, help="repeats, >= 1 (default: the protocol's: marble 3, kim 5)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="processes for the probe fits (one torch thread each; scores do not depend on it; default 1)")
     p.add_argument("--setting", action="append", default=[], metavar="NAME|NAME=LAYERS[:POOLING]",
                    help=f"probe setting, repeatable, compared side by side: {' | '.join(sorted(SETTINGS))} or e.g. "
                         "out=last:meanstd (default: the protocol's layers and pooling)")
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                             cache_dir=cache, skip_missing=args.skip_missing, progress=not args.quiet,
                             probe_overrides=overrides, echo=echo, settings=args.setting or None, split=args.split,
                             n_folds=args.folds, pairs=[tuple(p.split("::", 1)) for p in args.pair],
-                            power=not args.no_power)
+                            power=not args.no_power, workers=args.jobs)
     finally:
         torch.set_num_threads(old_threads)
     print("\n".join(summary_lines(res)))
