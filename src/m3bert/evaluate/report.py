@@ -62,12 +62,13 @@ class Figure:
 
 @dataclass
 class Section:
-    """An extra report section rendered after the standard ones."""
+    """An extra report section rendered after the standard ones (``lead=True``: before them)."""
 
     title: str  # section heading
     text: str = ""  # paragraphs (blank-line separated); Markdown in report.md, escaped text in HTML
     table: Table | None = None  # optional table
     figures: list[Figure] = field(default_factory=list)  # optional images
+    lead: bool = False  # rendered before the standard sections (a summary a reader needs first)
 
     def to_dict(self) -> dict[str, Any]:
         for row in (self.table.rows if self.table else []):
@@ -75,7 +76,8 @@ class Section:
                 raise DataError(f"section {self.title!r}: a table row has {len(row)} cells, expected {len(self.table.headers)}")
         return {"title": self.title, "text": self.text,
                 "table": {"headers": list(self.table.headers), "rows": [list(r) for r in self.table.rows]} if self.table else None,
-                "figures": [{"caption": f.caption, "png_base64": base64.b64encode(f.png).decode("ascii")} for f in self.figures]}
+                "figures": [{"caption": f.caption, "png_base64": base64.b64encode(f.png).decode("ascii")} for f in self.figures],
+                **({"lead": True} if self.lead else {})}
 
 
 def figure_png(fig: Any, *, dpi: int = 110) -> bytes:
@@ -502,7 +504,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, sections: Sequ
     """Write ``results.json``, ``report.md`` (+ ``figures/``) and ``report.html`` into ``out_dir``.
 
     ``sections`` are appended to ``results["sections"]`` (so they are in results.json too) and
-    rendered after the standard sections. Returns the paths written.
+    rendered after the standard sections (those with ``lead`` before them). Returns the paths written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -510,7 +512,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path, *, sections: Sequ
     res["sections"] = list(results.get("sections", [])) + [s.to_dict() for s in sections]
     atomic_write_json(out / "results.json", res)
     loaded = read_json(out / "results.json")  # render from what is on disk, nothing else
-    secs = _standard_sections(loaded) + loaded.get("sections", [])
+    extra = loaded.get("sections", [])
+    secs = [s for s in extra if s.get("lead")] + _standard_sections(loaded) + [s for s in extra if not s.get("lead")]
     md = render_markdown(loaded, secs, figure_dir=out / "figures")
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", render_html(loaded, secs))
