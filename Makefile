@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo install system-deps perf clean
+.PHONY: test lint demo demo-long install system-deps perf clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,18 @@ lint: install
 demo: install system-deps
 	$(VENV)/bin/m3bert demo --out demo_out
 
+# The longer run (~65 min on 2 idle cores): 5000 pre-training steps on every registered real-music
+# package (15 h), MARBLE's layer grid, 3 probe seeds (README: "The longer run"). Resumable like make demo.
+demo-long: install system-deps
+	$(VENV)/bin/m3bert demo --preset long --out demo_long_out
+
 perf: install
 	$(PY) perf/features.py
 	$(PY) perf/pretrain.py
 	$(PY) perf/embed.py
 	$(PY) perf/probes.py
+	$(PY) perf/store.py
+	$(PY) perf/waveform.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,5 +1,7 @@
-"""The demo's report: its extra sections (M2BERT vs M3BERT, pre-training curve, masking ablation)
-and the one-screen terminal summary. ``cfg`` is the demo's :class:`~m3bert.app.demo.DemoConfig`.
+"""The demo's report: its extra sections (what the demo shows, pre-training data and loss, the
+answers with paired CIs, learning curve, trivial predictors (:mod:`m3bert.app.demo_evidence`),
+M2BERT vs M3BERT, interpretability, masking ablation) and the one-screen terminal summary. ``cfg``
+is the demo's :class:`~m3bert.app.demo.DemoConfig`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from m3bert.app.demo_evidence import answer_counts, curve_points, evidence_sections, score_in
 from m3bert.core.io import read_json
 from m3bert.evaluate.analysis import PAPER_RHO, demo_rho_rows
-from m3bert.evaluate.report import Figure, Section, Table, figure_png, summary_lines
+from m3bert.evaluate.report import Figure, Section, Table, figure_png
 
 MASKING_POLICIES = ("cfm", "ccm", "pm", "cfm+ccm")  # the paper's Table 5 rows
 # ---------------------------------------------------------------------------------------------
@@ -20,16 +23,14 @@ MASKING_POLICIES = ("cfm", "ccm", "pm", "cfm+ccm")  # the paper's Table 5 rows
 # ---------------------------------------------------------------------------------------------
 
 
-def score_of(results: dict[str, Any], rep: str, task: str) -> dict[str, Any] | None:
-    for r in results["results"]:
-        if r["representation"] == rep and r["task"] == task and r["runs"]:
-            return r["summary"]["score"]
-    return None
+def score_of(results: dict[str, Any], rep: str, task: str, setting: str | None = None) -> dict[str, Any] | None:
+    """The task-score summary of ``rep`` on ``task`` (in ``setting``; None = the first row found)."""
+    return score_in(results, rep, task, setting)
 
 
-def _within_noise(results: dict[str, Any], task: str, a: str, b: str) -> bool | None:
+def _within_noise(results: dict[str, Any], task: str, a: str, b: str, setting: str | None = None) -> bool | None:
     """Whether reps ``a`` and ``b`` are within noise on ``task``: overlapping 95 % CIs."""
-    sa, sb = score_of(results, a, task), score_of(results, b, task)
+    sa, sb = score_of(results, a, task, setting), score_of(results, b, task, setting)
     if not sa or not sb or sa.get("half_width") is None or sb.get("half_width") is None:
         return None
     return bool(sa["ci_high"] >= sb["ci_low"] and sb["ci_high"] >= sa["ci_low"])
@@ -44,12 +45,13 @@ def _fmt(s: dict[str, Any] | None) -> str:
 
 def m2_vs_m3_rows(cfg: Any, results: dict[str, Any]) -> list[list[Any]]:
     rows = []
+    setting = cfg.headline_setting
     for t in cfg.bench_tasks:
         task = f"builtin-{t}"
-        m2, m3 = score_of(results, "M2BERT", task), score_of(results, "M3BERT", task)
+        m2, m3 = score_of(results, "M2BERT", task, setting), score_of(results, "M3BERT", task, setting)
         if not m2 or not m3:
             continue
-        noise = _within_noise(results, task, "M2BERT", "M3BERT")
+        noise = _within_noise(results, task, "M2BERT", "M3BERT", setting)
         verdict = "within noise" if noise else ("M3BERT better" if m3["mean"] > m2["mean"] else "M2BERT better")
         if noise is None:
             verdict = "n/a (one seed)"
@@ -98,32 +100,48 @@ def _loss_curve_png(run: Path) -> bytes | None:
 
 
 def report_sections(cfg: Any, out: Path, results: dict[str, Any], stages: dict[str, dict[str, Any]],
-                    *, ablation: dict[str, Any] | None = None) -> list[Any]:
+                    *, ablation: dict[str, Any] | None = None, curve: dict[str, Any] | None = None,
+                    diagnostics: dict[str, Any] | None = None) -> list[Any]:
 
     corpus = stages.get("corpus", {}).get("summary", {})
     renderer = corpus.get("renderer") or corpus.get("renderer_name") or cfg.renderer
     pre = stages.get("pretrain", {}).get("summary", {})
+    data = {"real": "real recorded music (game soundtracks from Debian packages)",
+            "real+builtin": "real recorded music and the built-in corpus",
+            "builtin": "the built-in corpus"}[pre.get("data", "builtin")]
+    split = ("grouped k-fold cross-validation by piece ({} folds, every clip tested once per seed)".format(cfg.n_folds)
+             if cfg.split == "kfold" else
+             "grouped k-fold cross-validation by piece ({} folds) on the held-out tasks and the corpus's train / "
+             "valid / test split on the enrichment tasks".format(cfg.n_folds)
+             if cfg.split == "heldout-kfold" else "the corpus's train / valid / test split")
     sections = [Section(
         title="What this demo shows",
         text=(
             "Every number here was produced by `m3bert demo` on this machine; none is typed by hand.\n\n"
-            f"The audio is the built-in corpus (preset `{cfg.corpus_preset}`): real compositions from music21's "
+            f"Probing audio is the built-in corpus (preset `{cfg.corpus_preset}`): real compositions from music21's "
             "corpus (O'Neill's and Ryan's dance tunes, Essen folksongs, Bach chorales) and single notes, rendered "
             f"as synthetic performances (renderer: {renderer}). Labels come from the scores and the render "
             "settings, never from a person's judgement, and the sound is far cleaner and more uniform than "
             "recorded music, so these numbers say whether the pipeline learns, not how M3BERT fares on real "
             "music (the README has the recipes for that).\n\n"
-            f"Compute is tiny: a `{cfg.model}` encoder pre-trained for {cfg.pretrain_steps} steps on "
+            f"Compute is tiny: a `{cfg.model}` encoder pre-trained on {data} for {cfg.pretrain_steps} steps on "
             f"{cfg.pretrain_frames}-frame crops, against the paper's 200k steps of M3BERT-Small on 4,283 hours. "
             f"Multi-task enrichment used the tasks {', '.join(cfg.enrich_tasks)}; the tasks "
             f"{', '.join(cfg.held_out) or '(none)'} were held out of enrichment. Probes: protocol "
-            f"`{cfg.protocol}` on the models' output representation (layers: `{cfg.probe_layers}`), "
-            f"{cfg.bench_seeds} seeds, mean ± 95 % CI. Two representations whose CIs overlap are within noise: "
-            "read those comparisons as ties."
-        ))]
-    stage_rows = [[name, round(rec.get("seconds", 0.0), 1)] for name, rec in stages.items()]
-    sections.append(Section(title="Pipeline stages", text="Wall time of each stage in the run that produced it.",
-                            table=Table(headers=["stage", "seconds"], rows=stage_rows)))
+            f"`{cfg.protocol}`, every representation (encoders and baselines alike) in the settings "
+            f"{', '.join(f'`{s}`' for s in cfg.settings)} (headline: `{cfg.headline_setting}`), {cfg.bench_seeds} "
+            f"seeds, {split}; mean ± 95 % CI over seeds. The seed CIs see the probe's noise only; the test set's "
+            "is in the minimum detectable differences and the paired bootstrap CIs."
+        ), lead=True)]
+    stage_rows = [[name, round(rec.get("seconds", 0.0), 1),
+                   round(rec["cpu_seconds"], 1) if rec.get("cpu_seconds") is not None else "–"] for name, rec in stages.items()]
+    sections.append(Section(title="Pipeline stages",
+                            text="Wall time and CPU time (this process and its worker processes) of each stage in the "
+                                 "run that produced it. On a shared machine the wall time includes the neighbours' "
+                                 "load; the CPU time does not.",
+                            table=Table(headers=["stage", "wall s", "CPU s"], rows=stage_rows)))
+    evidence = evidence_sections(cfg, out, results, stages, curve=curve, diagnostics=diagnostics)
+    sections.append(evidence[0])  # the pre-training data
     figs = []
     png = _loss_curve_png(out / "runs" / "m2bert")
     if png:
@@ -133,12 +151,14 @@ def report_sections(cfg: Any, out: Path, results: dict[str, Any], stages: dict[s
         pre_text = (f"Pre-training ran {pre.get('end_step')} steps at {pre.get('frames_per_s', 0):.0f} frames/s; "
                     f"final validation: " + ", ".join(f"{k} {v:.4f}" for k, v in (pre.get('val') or {}).items()))
     sections.append(Section(title="M2BERT pre-training", text=pre_text, figures=figs))
+    sections += evidence[1:]
     rows = m2_vs_m3_rows(cfg, results)
     if rows:
         sections.append(Section(
             title="M2BERT vs M3BERT (enrichment tasks and held-out tasks)",
-            text="Task score (primary metric) of the probe on each representation. 'within noise' = the 95 % CIs "
-                 "overlap. Held-out tasks show whether multi-task enrichment generalises beyond its own tasks.",
+            text=f"Task score (setting `{cfg.headline_setting}`) of the probe on each representation. 'within noise' "
+                 "= the 95 % CIs over seeds overlap. Held-out tasks show whether multi-task enrichment generalises "
+                 "beyond its own tasks.",
             table=Table(headers=["task", "role", "M2BERT", "M3BERT", "M3 - M2", "verdict"], rows=rows)))
     analyses = load_analyses(out)
     if analyses:
@@ -222,11 +242,47 @@ def ablation_section(cfg: Any, ablation: dict[str, Any]) -> Any:
         table=Table(headers=["masking"] + tasks + ["mean"], rows=rows))
 
 
+def score_lines(cfg: Any, results: dict[str, Any]) -> list[str]:
+    """One row per representation, one column per task: the task score (mean over seeds) in the
+    headline setting, so the table fits a terminal (the report has every metric with its CI)."""
+    tasks = [t["name"] for t in results["tasks"]]
+    head = ["representation"] + [t.replace("builtin-", "") for t in tasks]
+    rows = [head]
+    for rep in (r["name"] for r in results["representations"]):
+        cells = [score_in(results, rep, t, cfg.headline_setting) for t in tasks]
+        rows.append([rep] + ["–" if c is None else f"{c['mean']:.3f}" for c in cells])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    out = [f"task scores (primary metric, mean over {cfg.bench_seeds} seed(s)), setting {cfg.headline_setting}; "
+           "every metric with its CI is in the report:"]
+    out += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    out.insert(2, "  ".join("-" * w for w in widths))
+    return out
+
+
 def terminal_summary(cfg: Any, results: dict[str, Any], stages: dict[str, dict[str, Any]], total_s: float,
-                     out: Path, *, ablation: dict[str, Any] | None = None) -> list[str]:
+                     out: Path, *, ablation: dict[str, Any] | None = None, curve: dict[str, Any] | None = None,
+                     diagnostics: dict[str, Any] | None = None) -> list[str]:
 
     lines = ["=" * 78, "m3bert demo: summary", "=" * 78]
-    lines += summary_lines(results)
+    lines += score_lines(cfg, results)
+    lines.append("")
+    pre = stages.get("pretrain", {}).get("summary", {})
+    lines.append(f"pre-training data: {pre.get('data', 'builtin')}")
+    if results.get("pairs"):
+        lines.append(f"Answers (setting {cfg.headline_setting}, held-out tasks that are learned; paired bootstrap CIs):")
+        for what, c in answer_counts(cfg, results, cfg.headline_setting).items():
+            lines.append(f"  {what:<34s} better {c['better']}, worse {c['worse']}, not decided {c['not decided']} "
+                         f"(of {c['tasks']})")
+    if diagnostics is not None:
+        last = diagnostics["checkpoints"][-1]
+        cells = [f"{k}: model {last['loss'][k]:.3f} vs nearest frame {diagnostics['predictors']['nearest_frame'][k]:.3f}"
+                 for k in diagnostics["combos"] if "nearest_frame" in diagnostics["predictors"]]
+        lines.append(f"Masked-cell loss at step {last['step']}: " + "; ".join(cells))
+    if curve is not None:
+        lines.append("Learning curve (held-out task score by pre-training step):")
+        for t in curve["tasks"]:
+            pts = curve_points(curve, t["name"])
+            lines.append(f"  {t['name']:<20s} " + "  ".join(f"{s}: {v['mean']:.3f}" for s, v in pts))
     lines.append("")
     rows = m2_vs_m3_rows(cfg, results)
     if rows:
@@ -253,7 +309,8 @@ def terminal_summary(cfg: Any, results: dict[str, Any], stages: dict[str, dict[s
                     cells.append(f"{g} {r if r is None else round(r, 3)} ({t if t is None else round(t, 3)})")
             lines.append(f"  {name:<7s} " + ", ".join(cells))
     lines.append("")
-    timing = ", ".join(f"{k} {v.get('seconds', 0):.0f}s" for k, v in stages.items())
+    timing = ", ".join(f"{k} {v.get('seconds', 0):.0f}s" + (f" ({v['cpu_seconds']:.0f} s CPU)" if v.get("cpu_seconds")
+                                                           is not None else "") for k, v in stages.items())
     lines.append(f"total wall time of this invocation: {total_s / 60:.1f} min (stages when run: {timing})")
     lines.append(f"report: {out / 'report.html'}  (+ report.md, report.json)")
     return lines
