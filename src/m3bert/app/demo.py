@@ -349,7 +349,8 @@ def run_demo(out: str | Path = "demo_out", *, config: DemoConfig | None = None, 
     total_s = time.time() - t_start
     diag = read_json(out / "diagnostics.json") if cfg.diagnostics and (out / "diagnostics.json").is_file() else None
     sections = report_sections(cfg, out, results, stages.summaries, ablation=ablation, curve=curve, diagnostics=diag)
-    paths = write_report(results, out, sections=sections)
+    title = f"m3bert demo ({cfg.model}, {cfg.pretrain_steps} pre-training steps): does pre-training help, does enrichment help?"
+    paths = write_report({**results, "title": title}, out, sections=sections)
     shutil.copyfile(paths["results"], out / "report.json")
     say("")
     say("\n".join(terminal_summary(cfg, results, stages.summaries, total_s, out, ablation=ablation, curve=curve,

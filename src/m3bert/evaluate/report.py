@@ -456,8 +456,13 @@ def _png_of(fig: dict[str, Any]) -> bytes:
     return fig["png"] if "png" in fig else base64.b64decode(fig["png_base64"])
 
 
+def _title(res: dict[str, Any]) -> str:
+    """``results["title"]`` when a caller set one (the demo), else the protocol's benchmark report."""
+    return res.get("title") or f"Benchmark report ({res['protocol']['name']})"
+
+
 def render_markdown(res: dict[str, Any], sections: list[dict[str, Any]], *, figure_dir: Path | None) -> str:
-    out = [f"# Benchmark report ({res['protocol']['name']})", ""]
+    out = [f"# {_title(res)}", ""]
     n_fig = 0
     for sec in sections:
         out += [f"## {sec['title']}", ""]
@@ -481,7 +486,7 @@ th{background:#f3f3f3}tr:nth-child(even){background:#fafafa}img{max-width:100%}f
 
 def render_html(res: dict[str, Any], sections: list[dict[str, Any]]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>m3bert benchmark</title><style>{_CSS}</style></head><body>",
-             f"<h1>Benchmark report ({html.escape(res['protocol']['name'])})</h1>"]
+             f"<h1>{html.escape(_title(res))}</h1>"]
     for sec in sections:
         parts.append(f"<h2>{html.escape(sec['title'])}</h2>")
         for para in (sec.get("text") or "").split("\n\n"):
