@@ -33,8 +33,9 @@ lint: install
 demo: install system-deps
 	$(VENV)/bin/m3bert demo --out demo_out
 
-# The longer run (~65 min on 2 idle cores): 5000 pre-training steps on every registered real-music
-# package (15 h), MARBLE's layer grid, 3 probe seeds (README: "The longer run"). Resumable like make demo.
+# The longer run (about 70 min on 2 idle cores): 2400 pre-training steps on every registered real-music
+# package (15 h), MARBLE's layer grid, 5-fold cross-validation on the held-out tasks (docs/demo-long.md).
+# Resumable like make demo.
 demo-long: install system-deps
 	$(VENV)/bin/m3bert demo --preset long --out demo_long_out
 

@@ -101,18 +101,22 @@ def answer_counts(cfg: Any, results: dict[str, Any], setting: str) -> dict[str, 
 
 
 def answers_section(cfg: Any, results: dict[str, Any]) -> Section:
-    setting = cfg.headline_setting
-    counts = answer_counts(cfg, results, setting)
-    lines = [f"Setting `{setting}` (the headline; every setting is in the tables above). Each cell is the paired "
+    """The two questions per task, in every probing setting of the run (the headline setting first)."""
+    order = [cfg.headline_setting] + [s for s in cfg.settings if s != cfg.headline_setting]
+    lines = [f"Every probing setting of this run (headline `{cfg.headline_setting}` first). Each cell is the paired "
              "difference of task scores on the same test clips, with its 95 % CI from a bootstrap over test pieces "
              "(seeds averaged); 'better'/'worse' = the CI excludes 0, else 'not decided'. 'learned' = the best "
-             "representation beats chance by more than the task's minimum detectable difference."]
-    for what, c in counts.items():
-        lines.append(f"- **{what}** on the {c['tasks']} learned held-out task(s): better on {c['better']}, worse on "
-                     f"{c['worse']}, not decided on {c['not decided']}.")
-    heads = ["task", "role", "learned", "M2BERT - untrained", "verdict", "M3BERT - M2BERT", "verdict"]
+             "representation beats chance by more than the task's minimum detectable difference. The counts are "
+             "over the held-out tasks that are learned."]
+    rows: list[list[Any]] = []
+    for setting in order:
+        for what, c in answer_counts(cfg, results, setting).items():
+            lines.append(f"- `{setting}`: **{what}** on the {c['tasks']} learned held-out task(s): better on "
+                         f"{c['better']}, worse on {c['worse']}, not decided on {c['not decided']}.")
+        rows += [[setting] + row for row in answer_rows(cfg, results, setting)]
+    heads = ["setting", "task", "role", "learned", "M2BERT - untrained", "verdict", "M3BERT - M2BERT", "verdict"]
     return Section(title="Answers: does pre-training help, does enrichment help (at this compute)",
-                   text="\n\n".join(lines), table=Table(heads, answer_rows(cfg, results, setting)), lead=True)
+                   text="\n\n".join(lines), table=Table(heads, rows), lead=True)
 
 
 # ---------------------------------------------------------------------------------------------

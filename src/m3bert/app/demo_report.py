@@ -269,10 +269,11 @@ def terminal_summary(cfg: Any, results: dict[str, Any], stages: dict[str, dict[s
     pre = stages.get("pretrain", {}).get("summary", {})
     lines.append(f"pre-training data: {pre.get('data', 'builtin')}")
     if results.get("pairs"):
-        lines.append(f"Answers (setting {cfg.headline_setting}, held-out tasks that are learned; paired bootstrap CIs):")
-        for what, c in answer_counts(cfg, results, cfg.headline_setting).items():
-            lines.append(f"  {what:<34s} better {c['better']}, worse {c['worse']}, not decided {c['not decided']} "
-                         f"(of {c['tasks']})")
+        for setting in [cfg.headline_setting] + [x for x in cfg.settings if x != cfg.headline_setting]:
+            lines.append(f"Answers (setting {setting}, held-out tasks that are learned; paired bootstrap CIs):")
+            for what, c in answer_counts(cfg, results, setting).items():
+                lines.append(f"  {what:<34s} better {c['better']}, worse {c['worse']}, not decided {c['not decided']} "
+                             f"(of {c['tasks']})")
     if diagnostics is not None:
         last = diagnostics["checkpoints"][-1]
         cells = [f"{k}: model {last['loss'][k]:.3f} vs nearest frame {diagnostics['predictors']['nearest_frame'][k]:.3f}"
