@@ -175,7 +175,8 @@ def curve_rows(cfg: Any, curve: dict[str, Any]) -> list[list[Any]]:
         for t in tasks:
             score = dict(curve_points(curve, t)).get(s)
             p = pair_of(curve, f"step {s}", "step 0", t, None) if s else None
-            cell = "–" if score is None else f"{fmt_number(score['mean'])} ± {fmt_number(score.get('half_width'))}"
+            cell = "–" if score is None else fmt_number(score["mean"]) + (
+                f" ± {fmt_number(score['half_width'])}" if score.get("half_width") is not None else "")
             if p is not None:
                 cell += f"; {_diff(p)} {verdict(p)}"
             row.append(cell)
@@ -219,7 +220,8 @@ def curve_section(cfg: Any, curve: dict[str, Any], results: dict[str, Any]) -> S
             "Cells: task score ± 95 % CI over probe seeds; then the paired difference to step 0 with its bootstrap CI "
             "over test pieces. If pre-training moves the representation the right way, the curve rises above step 0 "
             "as steps grow; a flat curve at this budget says compute, not the method, is the limit only if the "
-            "reconstruction loss below still falls.")
+            "reconstruction loss below still falls. The curve's last point is the run's last step; the benchmark's "
+            "M2BERT is the exported model, the run's best checkpoint on validation loss, so the two can differ.")
     figs = [Figure(caption="Gain of each checkpoint over the untrained twin (step 0) on the same test clips, with "
                            "its 95 % bootstrap CI over test pieces; one panel per held-out task; above 0 = pre-training "
                            "helped. Dotted: the raw-feature statistics' score minus step 0's (same setting).",
@@ -253,8 +255,8 @@ def diagnostics_png(diag: dict[str, Any]) -> bytes:
 
 def diagnostics_section(diag: dict[str, Any]) -> Section:
     combos = diag["combos"]
-    rows = [[f"M2BERT step {c['step']}"] + [c["loss"][k] for k in combos] for c in diag["checkpoints"]]
-    rows += [[f"trivial: {name}"] + [v[k] for k in combos] for name, v in diag["predictors"].items()]
+    rows = [[f"M2BERT step {c['step']}"] + [round(c["loss"][k], 4) for k in combos] for c in diag["checkpoints"]]
+    rows += [[f"trivial: {name}"] + [round(v[k], 4) for k in combos] for name, v in diag["predictors"].items()]
     last = diag["checkpoints"][-1]
     beaten = [k for k in combos if all(last["loss"][k] < v[k] for v in diag["predictors"].values())]
     not_beaten = [k for k in combos if k not in beaten]
