@@ -129,9 +129,12 @@ def report_sections(cfg: Any, out: Path, results: dict[str, Any], stages: dict[s
             f"Multi-task enrichment used the tasks {', '.join(cfg.enrich_tasks)}; the tasks "
             f"{', '.join(cfg.held_out) or '(none)'} were held out of enrichment. Probes: protocol "
             f"`{cfg.protocol}`, every representation (encoders and baselines alike) in the settings "
-            f"{', '.join(f'`{s}`' for s in cfg.settings)} (headline: `{cfg.headline_setting}`), {cfg.bench_seeds} "
-            f"seeds, {split}; mean ± 95 % CI over seeds. The seed CIs see the probe's noise only; the test set's "
-            "is in the minimum detectable differences and the paired bootstrap CIs."
+            f"{', '.join(f'`{s}`' for s in cfg.settings)} (headline: `{cfg.headline_setting}`), "
+            + (f"{cfg.bench_seeds} seeds, {split}; mean ± 95 % CI over seeds. The seed CIs see the probe's noise "
+               "only; the test set's is in the minimum detectable differences and the paired bootstrap CIs."
+               if cfg.bench_seeds > 1 else
+               f"one probe seed, {split}. With one seed there is no CI over seeds: the test set's noise is in the "
+               "minimum detectable differences and the paired bootstrap CIs, which decide the answers.")
         ), lead=True)]
     stage_rows = [[name, round(rec.get("seconds", 0.0), 1),
                    round(rec["cpu_seconds"], 1) if rec.get("cpu_seconds") is not None else "–"] for name, rec in stages.items()]
