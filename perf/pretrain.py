@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,8 +129,10 @@ CATEGORIES = [
 ]
 
 
-def profile_micro_batch(module, batch, precision: str) -> dict:
-    """Self CPU time of one forward+backward micro-batch, grouped into categories."""
+def profile_micro_batch(module, batch, precision: str, categories=None) -> dict:
+    """Self CPU time of one forward+backward micro-batch, grouped into ``categories``
+    (``[(name, aten op names)]``; default this script's transformer categories)."""
+    categories = CATEGORIES if categories is None else categories
     from torch.profiler import ProfilerActivity, profile
 
     ac = autocast_for(precision)
@@ -140,12 +141,12 @@ def profile_micro_batch(module, batch, precision: str) -> dict:
             out = module(batch)
         out.loss.backward()
     module.zero_grad(set_to_none=True)
-    totals = {name: 0.0 for name, _ in CATEGORIES}
+    totals = {name: 0.0 for name, _ in categories}
     totals["other"] = 0.0
     top = []
     for ev in prof.key_averages():
         self_s = ev.self_cpu_time_total / 1e6
-        cat = next((name for name, keys in CATEGORIES if ev.key in keys), "other")
+        cat = next((name for name, keys in categories if ev.key in keys), "other")
         totals[cat] += self_s
         top.append((self_s, ev.key))
     total = sum(totals.values())

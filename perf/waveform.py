@@ -28,7 +28,6 @@ Writes ``perf/results/waveform.json`` and ``perf/results/waveform.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -40,6 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain import autocast_for, profile_micro_batch  # noqa: E402  (perf/pretrain.py: the same timing tools)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "perf" / "results"
@@ -173,10 +175,6 @@ def threads_check(arch: str = "pase+", batch: int = 2, frames: int = 100) -> dic
     return {"arch": arch, "batch": batch, "frames": frames, "seconds": out}
 
 
-def autocast_for(precision: str):
-    return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-
-
 def time_micro_batches(module, optimizer, batch, precision: str, *, reps: int, budget_s: float) -> dict:
     """Median time of forward+backward micro-batches and of the optimizer update."""
     ac = autocast_for(precision)
@@ -216,29 +214,6 @@ CATEGORIES = [
                      "aten::sigmoid_backward", "aten::tanh_backward", "aten::where", "aten::fill_", "aten::mean",
                      "aten::sum", "aten::constant_pad_nd")),
 ]
-
-
-def profile_micro_batch(module, batch, precision: str) -> dict:
-    """Self CPU time of one forward+backward micro-batch, grouped into categories."""
-    from torch.profiler import ProfilerActivity, profile
-
-    ac = autocast_for(precision)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        with ac():
-            out = module(batch)
-        out.loss.backward()
-    module.zero_grad(set_to_none=True)
-    totals = {name: 0.0 for name, _ in CATEGORIES}
-    totals["other"] = 0.0
-    top = []
-    for ev in prof.key_averages():
-        self_s = ev.self_cpu_time_total / 1e6
-        cat = next((name for name, keys in CATEGORIES if ev.key in keys), "other")
-        totals[cat] += self_s
-        top.append((self_s, ev.key))
-    total = sum(totals.values())
-    return {"total_s": total, "share": {k: v / total for k, v in totals.items()},
-            "top_ops": [{"op": k, "self_s": s} for s, k in sorted(top, reverse=True)[:12]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{100 * run['fraction_of_same_precision_matmul']:.1f}% of {precision} matmul", flush=True)
             if arch == args.archs.split(",")[-1]:
                 for precision in ("bf16", "fp32"):
-                    profiles[f"{arch}/{precision}"] = profile_micro_batch(module, batch, precision)
+                    profiles[f"{arch}/{precision}"] = profile_micro_batch(module, batch, precision, CATEGORIES)
                     print(f"profile {arch}/{precision}: " + ", ".join(
                         f"{k} {100 * v:.0f}%" for k, v in profiles[f"{arch}/{precision}"]["share"].items()), flush=True)
             del module, optimizer
