@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -70,3 +71,13 @@ def make_song_store(root, *, n_songs: int, seconds: float):
         sf.write(root / "audio" / f"song{i}.wav", make_song(i, seconds), 44100)
     extract_to_store(root / "audio", root / "store", feature_set=get_feature_set("m3bert324"), progress=False)
     return root / "store"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models
+    and probes on the shared 2-core machine run faster and steadier than with two OpenMP threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from m3bert.core.errors import ConfigError, DataError
 from m3bert.evaluate.baselines import ChanceBaseline
@@ -15,12 +14,7 @@ from m3bert.tasks.registry import Clip, Task, TaskData
 from tests.test_bench_runner import FAST, FakeRep, synthetic_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 def pieces(n_groups=40, per_group=(1, 2, 3), n_classes=4, seed=0):

@@ -15,12 +15,7 @@ from m3bert.evaluate.probes import fit_chance, get_protocol, run_probe
 from m3bert.tasks import metrics as M
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core machine: one thread is faster and steadier
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 def blobs(rng, n=240, n_layers=3, dim=16, n_classes=3, informative=2):

@@ -10,7 +10,6 @@ import librosa
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import make_test_signal
 
 from m3bert.app.cli import main
@@ -31,12 +30,7 @@ from m3bert.features.memo import FeatureMemo
 from m3bert.tasks.registry import Clip, Task, TaskData
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from m3bert.core.errors import AudioError, DataError
 from m3bert.evaluate.baselines import ChanceBaseline
@@ -22,12 +21,7 @@ FAST = {"hidden": (16,), "lrs": (1e-3, 1e-2), "max_epochs": 12, "early_stop_pati
         "bf16": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 class FakeRep(Representation):

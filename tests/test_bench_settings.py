@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from m3bert.core.errors import ConfigError
 from m3bert.evaluate.baselines import ChanceBaseline
@@ -18,12 +17,7 @@ from m3bert.tasks import metrics as M
 from tests.test_bench_runner import FAST, FakeRep, synthetic_task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 class PoolingRep(FakeRep):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dataset_fixtures import (
     make_emomusic,
@@ -30,12 +29,7 @@ from m3bert.tasks.registry import Clip, Task, TaskData
 from test_bench_runner import FAST, FakeRep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import make_test_signal
 
 from m3bert.core.errors import ConfigError
@@ -19,12 +18,7 @@ from m3bert.evaluate.representations import HearRepresentation, ModelRepresentat
 from m3bert.tasks.registry import Clip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from conftest import make_test_signal
 
 from m3bert.core.errors import AudioError, ConfigError
@@ -26,12 +25,7 @@ from m3bert.models.encoder import create_model
 SR = 44100
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 # ------------------------------------------------------------------------------------- prefetch

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from dataset_fixtures import write_audio
 from m3bert.app.cli import main
@@ -18,12 +17,7 @@ from m3bert.tasks.registry import get_task, load_task, parse_task_spec
 from test_bench_runner import FAST, FakeRep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 def class_folder(root, classes=("rock", "jazz", "folk"), per_class=6):

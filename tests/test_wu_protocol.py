@@ -16,12 +16,7 @@ from m3bert.evaluate.runner import run_benchmark
 from m3bert.tasks.registry import Clip, Task, TaskData
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per test
 
 
 def test_wu_protocol_is_the_papers_classifier():
